@@ -1,0 +1,88 @@
+"""``Scenario``: one planning case (grid tree, EVSEs, sessions, limits, prices, loads)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from aggregator.model import (
+    GridConstraint,
+    GridTree,
+    ModelError,
+    NodeLoad,
+    PriceSignal,
+    Session,
+    require_utc,
+    sessions_by_evse,
+)
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """Objective weights and defaults (currency per kWh; the scenario's currency)."""
+
+    degradation_cost_per_kwh: float = 0.02
+    unmet_penalty_per_kwh: float = 10.0
+    setpoint_penalty_per_kwh: float = 5.0
+    default_import_price_per_kwh: float = 0.25
+    default_export_price_per_kwh: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("degradation_cost_per_kwh", "unmet_penalty_per_kwh",
+                     "setpoint_penalty_per_kwh"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    0 <= value < float("inf")):
+                raise ModelError(name, f"must be a finite number >= 0, got {value!r}")
+        for name in ("default_import_price_per_kwh", "default_export_price_per_kwh"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    abs(value) < float("inf")):
+                raise ModelError(name, f"must be a finite number, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A planning horizon of ``n_intervals`` intervals from ``start`` and what lives in it."""
+
+    name: str
+    start: datetime
+    interval: timedelta
+    n_intervals: int
+    tree: GridTree
+    sessions: tuple[Session, ...] = ()
+    constraints: tuple[GridConstraint, ...] = ()
+    prices: tuple[PriceSignal, ...] = ()
+    loads: tuple[NodeLoad, ...] = ()
+    settings: PlanSettings = field(default_factory=PlanSettings)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "start", require_utc(self.start, "start"))
+        if not isinstance(self.interval, timedelta) or self.interval <= timedelta(0):
+            raise ModelError("interval", "must be a positive duration")
+        if isinstance(self.n_intervals, bool) or not isinstance(self.n_intervals, int) or not (
+                1 <= self.n_intervals <= 10_000):
+            raise ModelError("n_intervals", f"must be an integer in 1..10000, "
+                             f"got {self.n_intervals!r}")
+        evse_ids = {evse.evse_id for evse in self.tree.evses}
+        seen: set[str] = set()
+        for session in self.sessions:
+            if session.evse_id not in evse_ids:
+                raise ModelError("evse_id", f"session {session.session_id!r} names unknown "
+                                 f"EVSE {session.evse_id!r}")
+            if session.session_id in seen:
+                raise ModelError("session_id", f"duplicate session {session.session_id!r}")
+            seen.add(session.session_id)
+        sessions_by_evse(self.sessions)
+        for constraint in self.constraints:
+            if not (self.tree.has_node(constraint.node_id) or constraint.node_id in evse_ids):
+                raise ModelError("node_id", f"constraint from {constraint.source_ref!r} names "
+                                 f"unknown node {constraint.node_id!r}")
+        for load in self.loads:
+            if not self.tree.has_node(load.node_id):
+                raise ModelError("node_id", f"load names unknown node {load.node_id!r}")
+
+    @property
+    def end(self) -> datetime:
+        return self.start + self.n_intervals * self.interval
