@@ -1,0 +1,110 @@
+"""Independent checks of a ``Schedule`` against the scenario's limits (safety first).
+
+Computed from the domain objects, not from the optimizer's arrays, so a bug in the
+problem translation cannot hide a violated DSO limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from aggregator.model import GridConstraint, Schedule
+from aggregator.scenario import Scenario
+
+TOLERANCE_KW = 1e-6
+
+
+@dataclass(frozen=True)
+class Violation:
+    """A limit exceeded by a schedule in one interval, with the constraint that set it."""
+
+    node_id: str
+    interval_start: datetime
+    direction: str  # "import" | "export"
+    flow_kw: float
+    limit_kw: float
+    source: str
+    source_ref: str
+
+
+def node_base_load_kw(scenario: Scenario, node_id: str, index: pd.DatetimeIndex) -> pd.Series:
+    """Interval-average non-EV load of ``node_id`` and every node below it."""
+    step = scenario.interval
+    values = pd.Series(0.0, index=index)
+    for load in scenario.loads:
+        if node_id not in scenario.tree.ancestors(load.node_id):
+            continue
+        for start in index:
+            overlap = min(load.end, start + step) - max(load.start, start)
+            if overlap.total_seconds() > 0:
+                values[start] += load.load_kw * (overlap / step)
+    return values
+
+
+def _touches(constraint: GridConstraint, start: datetime, end: datetime) -> bool:
+    stop = constraint.end if constraint.expires_at is None else min(constraint.end,
+                                                                    constraint.expires_at)
+    return constraint.start < end and stop > start
+
+
+def cap_violations(scenario: Scenario, schedule: Schedule) -> list[Violation]:
+    """Every (node or EVSE, interval) whose net flow exceeds a constraint touching it."""
+    index = schedule.intervals
+    step = scenario.interval
+    evse_ids = {evse.evse_id for evse in scenario.tree.evses}
+    flows: dict[str, pd.Series] = {}
+    found: list[Violation] = []
+    for constraint in scenario.constraints:
+        node = constraint.node_id
+        if node not in flows:
+            if node in evse_ids:
+                flows[node] = schedule.power_kw[node]
+            else:
+                flows[node] = (schedule.node_load_kw(scenario.tree, node)
+                               + node_base_load_kw(scenario, node, index))
+        flow = flows[node]
+        for start in index:
+            if not _touches(constraint, start, start + step):
+                continue
+            value = float(flow[start])
+            if constraint.import_max_kw is not None and \
+                    value > constraint.import_max_kw + TOLERANCE_KW:
+                found.append(Violation(node, start.to_pydatetime(), "import", value,
+                                       constraint.import_max_kw, constraint.source,
+                                       constraint.source_ref))
+            if constraint.export_max_kw is not None and \
+                    -value > constraint.export_max_kw + TOLERANCE_KW:
+                found.append(Violation(node, start.to_pydatetime(), "export", -value,
+                                       constraint.export_max_kw, constraint.source,
+                                       constraint.source_ref))
+    return found
+
+
+def evse_limit_violations(scenario: Scenario, schedule: Schedule) -> list[str]:
+    """EVSE ratings, V2G permissions and session power limits the schedule breaks."""
+    found: list[str] = []
+    for evse in scenario.tree.evses:
+        power = schedule.power_kw[evse.evse_id]
+        if float(power.max()) > evse.max_import_kw + TOLERANCE_KW:
+            found.append(f"{evse.evse_id}: charges above its {evse.max_import_kw} kW rating")
+        export_kw = evse.max_export_kw if evse.can_discharge else 0.0
+        if float(-power.min()) > export_kw + TOLERANCE_KW:
+            found.append(f"{evse.evse_id}: discharges beyond {export_kw} kW")
+    for session in schedule.session_power_kw.columns:
+        match = [s for s in scenario.sessions if s.session_id == session]
+        if not match:
+            continue
+        power = schedule.session_power_kw[session]
+        s = match[0]
+        present = (power.index >= s.arrival) & (power.index + scenario.interval <= s.departure)
+        if float(np.abs(power.to_numpy()[~present]).max(initial=0.0)) > TOLERANCE_KW:
+            found.append(f"{session}: power outside the plugged-in window")
+        if float(power.max()) > s.max_charge_kw + TOLERANCE_KW:
+            found.append(f"{session}: charges above {s.max_charge_kw} kW")
+        if float(-power.min()) > s.max_discharge_kw + TOLERANCE_KW:
+            found.append(f"{session}: discharges above {s.max_discharge_kw} kW")
+    return found

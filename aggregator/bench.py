@@ -1,0 +1,131 @@
+"""``gridflex bench optimizer``: build and solve times of the direct and pyomo paths.
+
+Each (size, path) runs in a fresh process so ``peak_rss_mb`` is its own and a slow
+pyomo build can be stopped at the time limit.  Results are JSON lines; the ratios
+compare the two paths on the same instance in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import queue as queue_module
+import resource
+import time
+from typing import Any
+
+TIME_LIMIT_GRACE_S = 30.0
+
+
+def _run_case(sessions: int, path: str, seed: int, limit_s: float | None,
+              queue: Any) -> None:
+    """Child process: generate the fleet, solve it on ``path``, report one result."""
+    from aggregator.fleet import generate_fleet
+    from aggregator.planning import build_problem
+    from optimizer import solve, solve_lp
+
+    scenario = generate_fleet(sessions, seed=seed)
+    problem, _ = build_problem(scenario)
+    started = time.perf_counter()
+    if path == "pyomo":
+        from optimizer.pyomo_model import solve_pyomo
+        solution = solve_pyomo(problem, time_limit_s=limit_s)
+    elif path == "monolithic":
+        solution = solve_lp(problem)
+    else:
+        solution = solve(problem)
+    total_s = time.perf_counter() - started
+    rss_kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                 resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    stats = solution.stats
+    queue.put({
+        "bench": "optimizer", "sessions": sessions, "path": path,
+        "method": stats.get("method", "lp"),
+        "evses": problem.n_evses, "sites": len(set(problem.evse_node.tolist())),
+        "intervals": problem.n_intervals,
+        "build_s": round(float(stats.get("build_s", float("nan"))), 4),
+        "solve_s": round(float(stats.get("solve_s", float("nan"))), 4),
+        "total_s": round(total_s, 4),
+        "peak_rss_mb": round(rss_kb / 1024.0, 1),
+        "objective": solution.objective, "status": solution.status,
+        **{k: stats[k] for k in ("iterations", "blocks", "cols", "rows", "rel_gap")
+           if k in stats},
+    })
+
+
+def run_case(sessions: int, path: str, seed: int, limit_s: float | None) -> dict[str, Any]:
+    """One measurement in a spawned process; a run past the limit is stopped and reported."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_run_case, args=(sessions, path, seed, limit_s, queue))
+    started = time.perf_counter()
+    proc.start()
+    deadline = None if limit_s is None else started + limit_s + TIME_LIMIT_GRACE_S
+    while True:
+        try:
+            result: dict[str, Any] = queue.get(timeout=0.5)
+            proc.join()
+            return result
+        except queue_module.Empty:
+            timed_out = deadline is not None and time.perf_counter() > deadline
+            if proc.is_alive() and not timed_out:
+                continue
+            proc.terminate()
+            proc.join(5)
+            return {"bench": "optimizer", "sessions": sessions, "path": path,
+                    "status": "timeout" if timed_out else "crashed",
+                    "total_s": round(time.perf_counter() - started, 1),
+                    "note": f"stopped after the {limit_s} s limit" if timed_out
+                    else f"child exited with code {proc.exitcode}"}
+
+
+def compare(direct: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """Ratios of ``other`` (pyomo or monolithic) over ``direct`` on the same instance."""
+    rel = abs(other["objective"] - direct["objective"]) / max(1.0, abs(direct["objective"]))
+    name = other["path"]
+    return {"bench": "optimizer", "sessions": direct["sessions"], "compare": f"{name}/direct",
+            f"build_ratio_{name}_over_direct": round(other["build_s"] / direct["build_s"], 2),
+            f"total_ratio_{name}_over_direct": round(other["total_s"] / direct["total_s"], 2),
+            "objective_rel_diff": rel}
+
+
+def bench_optimizer(sizes: list[int], paths: list[str], *, pyomo_limit_s: float, seed: int,
+                    json_only: bool) -> int:
+    """Run every size on every path and print JSON lines (and a short table)."""
+    pyomo_stopped_at: int | None = None
+    rows: list[dict[str, Any]] = []
+    for sessions in sizes:
+        results: dict[str, dict[str, Any]] = {}
+        for path in paths:
+            if path == "pyomo" and pyomo_stopped_at is not None:
+                result = {"bench": "optimizer", "sessions": sessions, "path": "pyomo",
+                          "status": "skipped",
+                          "note": f"pyomo exceeded {pyomo_limit_s} s at {pyomo_stopped_at} "
+                                  "sessions; larger sizes not run"}
+            else:
+                result = run_case(sessions, path, seed,
+                                  pyomo_limit_s if path == "pyomo" else None)
+                if path == "pyomo" and (result["status"] in ("timeout", "crashed") or
+                                        result.get("total_s", 0.0) > pyomo_limit_s):
+                    pyomo_stopped_at = sessions
+            results[path] = result
+            rows.append(result)
+            print(json.dumps(result), flush=True)
+        direct = results.get("direct")
+        if direct is not None and "objective" in direct:
+            for name in ("pyomo", "monolithic"):
+                other = results.get(name)
+                if other is not None and "objective" in other and "build_s" in other:
+                    comparison = compare(direct, other)
+                    rows.append(comparison)
+                    print(json.dumps(comparison), flush=True)
+    if not json_only:
+        print()
+        print(f"{'sessions':>9} {'path':>11} {'build_s':>9} {'solve_s':>9} {'total_s':>9} "
+              f"{'rss_mb':>8}  status")
+        for row in rows:
+            if "path" in row:
+                print(f"{row['sessions']:>9} {row['path']:>11} {row.get('build_s', ''):>9} "
+                      f"{row.get('solve_s', ''):>9} {row.get('total_s', ''):>9} "
+                      f"{row.get('peak_rss_mb', ''):>8}  {row['status']}")
+    return 0

@@ -1,0 +1,100 @@
+"""``gridflex``: the command line (solve, demo, bench)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aggregator.model import ModelError
+from aggregator.scenario_file import ScenarioError, load_scenario
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_SCENARIO = REPO_ROOT / "scenarios" / "office-evening-cap.yaml"
+
+
+def _solve_scenario(path: Path, out_dir: Path, *, milp: bool, time_limit_s: float | None,
+                    as_json: bool) -> int:
+    from aggregator.planning import build_problem, to_schedule
+    from aggregator.report import format_summary, write_outputs
+    from optimizer import solve
+
+    try:
+        scenario = load_scenario(path)
+        problem, index = build_problem(scenario)
+    except ScenarioError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ModelError as err:
+        print(f"error: {path}: {err}", file=sys.stderr)
+        return 2
+    solution = solve(problem, method="milp" if milp else "auto", time_limit_s=time_limit_s)
+    schedule = to_schedule(solution, problem, index)
+    summary = write_outputs(scenario, schedule, out_dir)
+    if as_json:
+        print(json.dumps(summary, default=str))
+    else:
+        print(format_summary(summary))
+        print(f"\nwrote {out_dir}/schedule.csv, schedule.parquet, summary.json, node_load.png")
+    return 0 if solution.ok and summary["cap_violations"] == 0 else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gridflex", description=(
+        "Grid-integration flexibility aggregator for EV charging: DSO limits in, "
+        "optimal charging and V2G schedules out."))
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    solve_cmd = commands.add_parser("solve", help="schedule a scenario file (YAML or JSON)")
+    solve_cmd.add_argument("scenario", type=Path)
+    solve_cmd.add_argument("--out", type=Path, default=Path("out"),
+                           help="folder for schedule.csv/.parquet, summary.json, node_load.png")
+    solve_cmd.add_argument("--milp", action="store_true",
+                           help="minimum current and no simultaneous charge/discharge (MILP)")
+    solve_cmd.add_argument("--time-limit", type=float, default=None, metavar="S",
+                           help="solver time limit in seconds")
+    solve_cmd.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    demo_cmd = commands.add_parser("demo", help="solve the shipped office evening-peak scenario")
+    demo_cmd.add_argument("--out", type=Path, default=Path("out/demo"))
+    demo_cmd.add_argument("--json", action="store_true")
+
+    bench_cmd = commands.add_parser("bench", help="benchmarks (machine-readable output)")
+    benches = bench_cmd.add_subparsers(dest="bench", required=True)
+    opt = benches.add_parser("optimizer", help="direct HiGHS build vs pyomo, per fleet size")
+    opt.add_argument("--sessions", default="100,1000,5000,10000",
+                     help="comma-separated fleet sizes")
+    opt.add_argument("--paths", default="direct,pyomo",
+                     help="comma-separated: direct (auto method), monolithic (one LP), pyomo")
+    opt.add_argument("--pyomo-limit", type=float, default=120.0, metavar="S",
+                     help="stop the pyomo path at the first size slower than this")
+    opt.add_argument("--seed", type=int, default=1)
+    opt.add_argument("--json", action="store_true", help="JSON lines only")
+
+    args = parser.parse_args(argv)
+    if args.command == "solve":
+        return _solve_scenario(args.scenario, args.out, milp=args.milp,
+                               time_limit_s=args.time_limit, as_json=args.json)
+    if args.command == "demo":
+        return _solve_scenario(DEMO_SCENARIO, args.out, milp=False, time_limit_s=None,
+                               as_json=args.json)
+    if args.command == "bench" and args.bench == "optimizer":
+        from aggregator.bench import bench_optimizer
+        try:
+            sizes = [int(v) for v in args.sessions.split(",") if v.strip()]
+        except ValueError:
+            parser.error("--sessions takes comma-separated integers")
+        paths = [v.strip() for v in args.paths.split(",") if v.strip()]
+        unknown = set(paths) - {"direct", "monolithic", "pyomo"}
+        if unknown or not sizes or min(sizes) < 1:
+            parser.error(f"bad --paths {sorted(unknown)} or --sessions")
+        return bench_optimizer(sizes, paths, pyomo_limit_s=args.pyomo_limit, seed=args.seed,
+                               json_only=args.json)
+    parser.error("unknown command")
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
