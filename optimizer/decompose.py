@@ -294,7 +294,7 @@ class _Pool:
             proc.join(timeout=5)
 
 
-def solve_decomposed(p: FlexProblem, *, workers: int = 2, rel_gap: float = 1e-9,
+def solve_decomposed(p: FlexProblem, *, workers: int = 2, rel_gap: float = 1e-7,
                      max_iterations: int = 500, time_limit_s: float | None = None) -> Solution:
     """Solve the LP of ``p`` site by site, coordinated on the shared rows (exact)."""
     started = time.perf_counter()
@@ -304,6 +304,11 @@ def solve_decomposed(p: FlexProblem, *, workers: int = 2, rel_gap: float = 1e-9,
                              "shared_rows": int(coupling.node.size), "workers": workers}
     if _empty_nodes_violated(p, meters):
         return infeasible_solution(p, Status.INFEASIBLE, stats)
+    if meters.size == 0:  # nothing to schedule: only constant costs
+        idle = np.zeros((p.n_sessions, p.n_intervals))
+        stats.update(build_s=0.0, solve_s=time.perf_counter() - started)
+        return finish_solution(p, Status.OPTIMAL, idle, idle.copy(), idle + np.nan,
+                               np.zeros(p.n_sessions), _idle_meter_cost(p, meters), stats)
     block_index = {int(m): k for k, m in enumerate(meters)}
     pool = _Pool(p, meters, shared, workers)
     stats["build_s"] = time.perf_counter() - started
@@ -356,11 +361,20 @@ def _column_generation(p: FlexProblem, pool: _Pool, meters: IntArray,
                            np.zeros(1, np.int32), index, value)
             col_block.append(meter)
 
-    add_columns(pool.propose_shares(_shares(p, coupling, meters)))
+    lower_bound, upper_bound, master_value = -np.inf, np.inf, np.inf
     y = np.zeros(n_rows)
     sigma: FloatArray | None = None
+    shares = pool.propose_shares(_shares(p, coupling, meters))
+    add_columns(shares)
+    if all(status == Status.OPTIMAL for _, status, *_ in shares):
+        # the share proposals mix into a feasible plan: price from the master's duals at once
+        master.run()
+        master_value = float(master.getInfo().objective_function_value)
+        if float(np.asarray(master.getSolution().col_value)[cap_slacks].sum()) <= 1e-9:
+            upper_bound = master_value
+        duals = np.asarray(master.getSolution().row_dual)
+        y, sigma = duals[:n_rows], duals[n_rows:]
     iterations = 0
-    lower_bound, upper_bound, master_value = -np.inf, np.inf, np.inf
     while True:
         iterations += 1
         replies = pool.propose(_block_prices(coupling, y, meters, n_t))
@@ -501,8 +515,17 @@ def _empty_nodes_violated(p: FlexProblem, meters: IntArray) -> bool:
 
 
 def _idle_meter_cost(p: FlexProblem, meters: IntArray) -> float:
-    """Base-load cost at meters that have EVSEs but no sessions (a constant)."""
+    """The constant cost of what no block controls.
+
+    Base load at meters with EVSEs but no sessions, and the deviation from setpoints on
+    nodes with no session below them.
+    """
     idle = np.setdiff1d(p.meter_nodes(), meters)
     net = p.node_base_load_kw[idle]
-    return float(p.interval_h * (np.clip(net, 0, None) * p.import_price_per_kwh
+    cost = float(p.interval_h * (np.clip(net, 0, None) * p.import_price_per_kwh
                                  - np.clip(-net, 0, None) * p.effective_export_price()).sum())
+    empty = ~p.subtree_matrix()[:, meters].any(axis=1)
+    deviation = p.node_setpoint_kw[empty] - p.subtree_base_load_kw()[empty]
+    cost += float(p.interval_h * p.setpoint_penalty_per_kwh
+                  * np.nansum(np.abs(deviation)))
+    return cost

@@ -39,7 +39,7 @@ class Slots:
     @classmethod
     def of(cls, p: FlexProblem) -> Slots:
         count = (p.session_end - p.session_start).astype(np.int64)
-        first = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
+        first = (np.cumsum(count) - count).astype(np.int64)
         session = np.repeat(np.arange(p.n_sessions, dtype=np.int64), count)
         t = (np.arange(session.shape[0], dtype=np.int64) - np.repeat(first, count)
              + np.repeat(p.session_start, count))
@@ -304,7 +304,7 @@ def read_columns(m: LpModel, values: FloatArray) -> tuple[FloatArray, FloatArray
 
 def model_status(h: highspy.Highs) -> str:
     status = h.getModelStatus()
-    if status == highspy.HighsModelStatus.kOptimal:
+    if status in (highspy.HighsModelStatus.kOptimal, highspy.HighsModelStatus.kModelEmpty):
         return Status.OPTIMAL
     if status in (highspy.HighsModelStatus.kInfeasible,
                   highspy.HighsModelStatus.kUnboundedOrInfeasible):
@@ -339,6 +339,9 @@ def solve_model(model: LpModel, *, time_limit_s: float | None = None,
     h.run()
     solve_s = time.perf_counter() - started
     status = model_status(h)
+    if h.getModelStatus() == highspy.HighsModelStatus.kModelEmpty and not (
+            np.all(model.row_lower <= 1e-9) and np.all(model.row_upper >= -1e-9)):
+        status = Status.INFEASIBLE  # HiGHS does not check rows that have no columns
     info = h.getInfo()
     stats: dict[str, Any] = {"path": "direct", "build_s": model.build_s + handover_s,
                              "solve_s": solve_s, "cols": model.n_cols, "rows": model.n_rows,
@@ -348,5 +351,7 @@ def solve_model(model: LpModel, *, time_limit_s: float | None = None,
         return infeasible_solution(p, status, stats)
     values = np.asarray(h.getSolution().col_value)
     charge, discharge, energy, unmet = read_columns(model, values)
-    return finish_solution(p, status, charge, discharge, energy, unmet,
-                           float(info.objective_function_value), stats)
+    objective = float(info.objective_function_value)
+    if h.getModelStatus() == highspy.HighsModelStatus.kModelEmpty:
+        objective = model.offset  # HiGHS reports 0 for a model without columns
+    return finish_solution(p, status, charge, discharge, energy, unmet, objective, stats)

@@ -43,6 +43,7 @@ def build_pyomo(p: FlexProblem) -> pyo.ConcreteModel:
                               if (p.node_base_load_kw[n] < 0).any()})
 
     m = pyo.ConcreteModel("gridflex")
+    m.constant_infeasible = False
     m.SLOTS = pyo.Set(initialize=slots, dimen=2, ordered=True)
     m.V2G = pyo.Set(initialize=v2g_slots, dimen=2, ordered=True)
     m.SESSIONS = pyo.Set(initialize=range(p.n_sessions))
@@ -99,7 +100,9 @@ def build_pyomo(p: FlexProblem) -> pyo.ConcreteModel:
         high = p.node_import_max_kw[n, t] - base_sub[n, t]
         flow = ev_flow_below(n, t)
         if isinstance(flow, (int, float)):  # no EV below the node in this interval
-            return pyo.Constraint.Feasible if low <= flow <= high else pyo.Constraint.Infeasible
+            if not low - 1e-9 <= flow <= high + 1e-9:
+                m.constant_infeasible = True  # base load alone breaks the cap
+            return pyo.Constraint.Skip
         return pyo.inequality(None if np.isinf(low) else low, flow,
                               None if np.isinf(high) else high)
 
@@ -132,6 +135,16 @@ def solve_pyomo(p: FlexProblem, *, time_limit_s: float | None = None) -> Solutio
     started = time.perf_counter()
     model = build_pyomo(p)
     build_s = time.perf_counter() - started
+    if model.constant_infeasible:
+        return infeasible_solution(p, Status.INFEASIBLE, {"path": "pyomo", "build_s": build_s})
+    if not any(len(var) for var in model.component_objects(pyo.Var)):
+        # nothing to decide: the objective is the constant cost of base load and setpoints
+        idle = np.zeros((p.n_sessions, p.n_intervals))
+        unmet = np.array([max(0.0, p.session_energy_target_kwh[s]
+                              - p.session_energy_initial_kwh[s]) for s in range(p.n_sessions)])
+        return finish_solution(p, Status.OPTIMAL, idle, idle.copy(), idle + np.nan, unmet,
+                               float(pyo.value(model.cost)),
+                               {"path": "pyomo", "build_s": build_s, "solve_s": 0.0})
     solver = AppsiHighs()
     solver.config.load_solution = False
     solver.config.stream_solver = False
