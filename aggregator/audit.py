@@ -33,16 +33,17 @@ class Violation:
 
 def node_base_load_kw(scenario: Scenario, node_id: str, index: pd.DatetimeIndex) -> pd.Series:
     """Interval-average non-EV load of ``node_id`` and every node below it."""
-    step = scenario.interval
-    values = pd.Series(0.0, index=index)
+    step = pd.Timedelta(scenario.interval)
+    values = np.zeros(len(index))
     for load in scenario.loads:
         if node_id not in scenario.tree.ancestors(load.node_id):
             continue
-        for start in index:
-            overlap = min(load.end, start + step) - max(load.start, start)
-            if overlap.total_seconds() > 0:
-                values[start] += load.load_kw * (overlap / step)
-    return values
+        for i, start in enumerate(index):
+            overlap = min(pd.Timestamp(load.end), start + step) - max(pd.Timestamp(load.start),
+                                                                      start)
+            if overlap > pd.Timedelta(0):
+                values[i] += load.load_kw * (overlap / step)
+    return pd.Series(values, index=index)
 
 
 def _touches(constraint: GridConstraint, start: datetime, end: datetime) -> bool:
@@ -100,7 +101,9 @@ def evse_limit_violations(scenario: Scenario, schedule: Schedule) -> list[str]:
             continue
         power = schedule.session_power_kw[session]
         s = match[0]
-        present = (power.index >= s.arrival) & (power.index + scenario.interval <= s.departure)
+        starts = pd.DatetimeIndex(power.index)
+        present = (starts >= pd.Timestamp(s.arrival)) & (
+            starts + pd.Timedelta(scenario.interval) <= pd.Timestamp(s.departure))
         if float(np.abs(power.to_numpy()[~present]).max(initial=0.0)) > TOLERANCE_KW:
             found.append(f"{session}: power outside the plugged-in window")
         if float(power.max()) > s.max_charge_kw + TOLERANCE_KW:

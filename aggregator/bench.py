@@ -38,7 +38,9 @@ def _run_case(sessions: int, path: str, seed: int, limit_s: float | None,
     rss_kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                  resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     stats = solution.stats
-    queue.put({
+    wanted = ("iterations", "blocks", "cols", "rows", "rel_gap")
+    extra: dict[str, Any] = {key: stats[key] for key in wanted if key in stats}
+    result: dict[str, Any] = {
         "bench": "optimizer", "sessions": sessions, "path": path,
         "method": stats.get("method", "lp"),
         "evses": problem.n_evses, "sites": len(set(problem.evse_node.tolist())),
@@ -48,9 +50,9 @@ def _run_case(sessions: int, path: str, seed: int, limit_s: float | None,
         "total_s": round(total_s, 4),
         "peak_rss_mb": round(rss_kb / 1024.0, 1),
         "objective": solution.objective, "status": solution.status,
-        **{k: stats[k] for k in ("iterations", "blocks", "cols", "rows", "rel_gap")
-           if k in stats},
-    })
+        **extra,
+    }
+    queue.put(result)
 
 
 def run_case(sessions: int, path: str, seed: int, limit_s: float | None) -> dict[str, Any]:
@@ -97,6 +99,7 @@ def bench_optimizer(sizes: list[int], paths: list[str], *, pyomo_limit_s: float,
     for sessions in sizes:
         results: dict[str, dict[str, Any]] = {}
         for path in paths:
+            result: dict[str, Any]
             if path == "pyomo" and pyomo_stopped_at is not None:
                 result = {"bench": "optimizer", "sessions": sessions, "path": "pyomo",
                           "status": "skipped",
@@ -106,7 +109,7 @@ def bench_optimizer(sizes: list[int], paths: list[str], *, pyomo_limit_s: float,
                 result = run_case(sessions, path, seed,
                                   pyomo_limit_s if path == "pyomo" else None)
                 if path == "pyomo" and (result["status"] in ("timeout", "crashed") or
-                                        result.get("total_s", 0.0) > pyomo_limit_s):
+                                        float(result.get("total_s", 0.0)) > pyomo_limit_s):
                     pyomo_stopped_at = sessions
             results[path] = result
             rows.append(result)

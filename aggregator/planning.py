@@ -67,7 +67,7 @@ def build_problem(scenario: Scenario) -> tuple[FlexProblem, PlanIndex]:
     node_import = np.full((n_n, n_t), np.inf)
     node_export = np.full((n_n, n_t), np.inf)
     node_setpoint = np.full((n_n, n_t), np.nan)
-    setpoint_rank = np.full((n_n, n_t), -np.inf)
+    setpoint_rank: dict[tuple[int, int], tuple[int, datetime]] = {}
     evse_import = np.array([[evse.max_import_kw] * n_t for evse in evses]).reshape(n_e, n_t)
     evse_export = np.array([[evse.max_export_kw if evse.can_discharge else 0.0] * n_t
                             for evse in evses]).reshape(n_e, n_t)
@@ -94,10 +94,10 @@ def build_problem(scenario: Scenario) -> tuple[FlexProblem, PlanIndex]:
             if on_evse:
                 raise ModelError("setpoint_kw", f"constraint {constraint.source_ref!r}: "
                                  "setpoints apply to grid nodes, not EVSEs")
-            rank = constraint.priority + constraint.received_at.timestamp() * 1e-12
+            rank = (constraint.priority, constraint.received_at)  # higher, then newer wins
             for t in range(first, last):
-                if rank > setpoint_rank[row, t]:
-                    setpoint_rank[row, t] = rank
+                if (row, t) not in setpoint_rank or rank > setpoint_rank[(row, t)]:
+                    setpoint_rank[(row, t)] = rank
                     node_setpoint[row, t] = constraint.setpoint_kw
 
     base_load = np.zeros((n_n, n_t))

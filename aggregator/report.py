@@ -27,11 +27,15 @@ from aggregator.scenario import Scenario
 def schedule_table(scenario: Scenario, schedule: Schedule) -> pd.DataFrame:
     """One row per session and interval it is plugged in: the profile sent to a station."""
     evse_of = {s.session_id: s.evse_id for s in scenario.sessions}
-    power = schedule.session_power_kw.stack(future_stack=True).rename("power_kw")
-    soc = schedule.soc.stack(future_stack=True).rename("soc")
-    table = pd.concat([power, soc], axis=1).reset_index()
-    table.columns = pd.Index(["interval_start", "session_id", "power_kw", "soc"])
-    table = table[table["soc"].notna()].copy()
+    power = schedule.session_power_kw
+    n_t, n_s = power.shape
+    table = pd.DataFrame({
+        "interval_start": np.repeat(schedule.intervals, n_s),
+        "session_id": np.tile(np.asarray(power.columns, dtype=object), n_t),
+        "power_kw": power.to_numpy().ravel(),
+        "soc": schedule.soc.to_numpy().ravel(),
+    })
+    table = table[table["soc"].notna()]
     table.insert(1, "evse_id", table["session_id"].map(evse_of))
     return table.sort_values(["interval_start", "evse_id"]).reset_index(drop=True)
 
@@ -93,7 +97,8 @@ def plot_node_load(scenario: Scenario, schedule: Schedule, path: Path) -> None:
             if c.node_id != node.node_id:
                 continue
             stop = c.end if c.expires_at is None else min(c.end, c.expires_at)
-            touched = (index < stop) & (index + step > c.start)
+            touched = (index < pd.Timestamp(stop)) & (index + pd.Timedelta(step)
+                                                       > pd.Timestamp(c.start))
             if c.import_max_kw is not None:
                 imp[touched] = np.minimum(imp[touched], c.import_max_kw)
             if c.export_max_kw is not None:

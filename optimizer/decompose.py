@@ -134,7 +134,8 @@ class _Block:
         power = values[m.c_col].copy()
         has_d = m.d_col >= 0
         power[has_d] -= values[m.d_col[has_d]]
-        return np.bincount(m.slots.t, weights=power, minlength=self.sub.n_intervals)
+        return np.bincount(m.slots.t, weights=power,
+                           minlength=self.sub.n_intervals).astype(np.float64)
 
     def propose(self, mu: FloatArray) -> tuple[str, float, float, FloatArray, FloatArray]:
         """Solve under prices ``mu`` (per interval, per kW of net import)."""

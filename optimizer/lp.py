@@ -330,8 +330,8 @@ def solve_model(model: LpModel, *, time_limit_s: float | None = None,
     p = model.problem
     started = time.perf_counter()
     h = highs if highs is not None else new_highs(options)
-    if time_limit_s is not None:
-        h.setOptionValue("time_limit", float(time_limit_s))
+    h.setOptionValue("time_limit", highspy.kHighsInf if time_limit_s is None
+                     else float(time_limit_s))
     if highs is None:
         pass_lp(h, model)
     handover_s = time.perf_counter() - started

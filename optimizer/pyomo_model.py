@@ -64,7 +64,6 @@ def build_pyomo(p: FlexProblem) -> pyo.ConcreteModel:
     def flow(s: int, t: int) -> Any:
         return m.charge[s, t] - (m.discharge[s, t] if v2g[s] else 0.0)
 
-    @m.Constraint(m.SLOTS)
     def battery(m: Any, s: int, t: int) -> Any:
         before = (p.session_energy_initial_kwh[s] if t == p.session_start[s]
                   else m.energy[s, t - 1])
@@ -73,7 +72,6 @@ def build_pyomo(p: FlexProblem) -> pyo.ConcreteModel:
             gained -= dt / p.session_discharge_efficiency[s] * m.discharge[s, t]
         return m.energy[s, t] == before + gained
 
-    @m.Constraint(m.SESSIONS)
     def departure(m: Any, s: int) -> Any:
         if p.session_end[s] == p.session_start[s]:
             return m.unmet[s] >= max(0.0, p.session_energy_target_kwh[s]
@@ -81,7 +79,6 @@ def build_pyomo(p: FlexProblem) -> pyo.ConcreteModel:
         return m.energy[s, int(p.session_end[s]) - 1] + m.unmet[s] >= \
             p.session_energy_target_kwh[s]
 
-    @m.Constraint(m.EXPORTS)
     def meter_export(m: Any, n: int, t: int) -> Any:
         net = sum(flow(s, t) for s in slots_at.get((n, t), []))
         return m.export[n, t] + net >= -p.node_base_load_kw[n, t]
@@ -94,7 +91,6 @@ def build_pyomo(p: FlexProblem) -> pyo.ConcreteModel:
             if np.isfinite(p.node_import_max_kw[n, t]) or np.isfinite(p.node_export_max_kw[n, t])]
     m.CAPS = pyo.Set(initialize=caps, dimen=2)
 
-    @m.Constraint(m.CAPS)
     def node_cap(m: Any, n: int, t: int) -> Any:
         low = -(p.node_export_max_kw[n, t] + base_sub[n, t])
         high = p.node_import_max_kw[n, t] - base_sub[n, t]
@@ -112,10 +108,15 @@ def build_pyomo(p: FlexProblem) -> pyo.ConcreteModel:
     m.above = pyo.Var(m.SETPOINTS, bounds=(0.0, None))
     m.below = pyo.Var(m.SETPOINTS, bounds=(0.0, None))
 
-    @m.Constraint(m.SETPOINTS)
     def setpoint(m: Any, n: int, t: int) -> Any:
         return ev_flow_below(n, t) - m.above[n, t] + m.below[n, t] == \
             p.node_setpoint_kw[n, t] - base_sub[n, t]
+
+    m.battery_balance = pyo.Constraint(m.SLOTS, rule=battery)
+    m.departure_target = pyo.Constraint(m.SESSIONS, rule=departure)
+    m.meter_export_def = pyo.Constraint(m.EXPORTS, rule=meter_export)
+    m.node_cap_rows = pyo.Constraint(m.CAPS, rule=node_cap)
+    m.setpoint_rows = pyo.Constraint(m.SETPOINTS, rule=setpoint)
 
     base_cost = dt * float(sum(price_imp[t] * p.node_base_load_kw[n, t]
                                for n in p.meter_nodes() for t in range(p.n_intervals)))
