@@ -86,8 +86,10 @@ def compare(direct: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
     rel = abs(other["objective"] - direct["objective"]) / max(1.0, abs(direct["objective"]))
     name = other["path"]
     return {"bench": "optimizer", "sessions": direct["sessions"], "compare": f"{name}/direct",
-            f"build_ratio_{name}_over_direct": round(other["build_s"] / direct["build_s"], 2),
-            f"total_ratio_{name}_over_direct": round(other["total_s"] / direct["total_s"], 2),
+            f"build_ratio_{name}_over_direct": round(
+                other["build_s"] / max(direct["build_s"], 1e-6), 2),
+            f"total_ratio_{name}_over_direct": round(
+                other["total_s"] / max(direct["total_s"], 1e-6), 2),
             "objective_rel_diff": rel}
 
 

@@ -25,6 +25,7 @@ class ModelError(ValueError):
     def __init__(self, field_name: str, message: str) -> None:
         super().__init__(f"{field_name}: {message}")
         self.field = field_name
+        self.message = message
 
 
 def require_utc(value: datetime, field_name: str) -> datetime:
@@ -53,6 +54,14 @@ def _finite(value: float, field_name: str, *, minimum: float | None = None,
     return number
 
 
+def _check_window(item: Any) -> None:
+    """Normalise ``item.start`` / ``item.end`` to UTC and require start < end."""
+    object.__setattr__(item, "start", require_utc(item.start, "start"))
+    object.__setattr__(item, "end", require_utc(item.end, "end"))
+    if item.end <= item.start:
+        raise ModelError("end", "must be after start")
+
+
 def _identifier(value: str, field_name: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ModelError(field_name, "must be a non-empty string")
@@ -65,6 +74,10 @@ class NodeKind(StrEnum):
     AREA = "area"
     FEEDER = "feeder"
     SITE = "site"
+
+    @property
+    def level(self) -> int:
+        return list(NodeKind).index(self)
 
 
 class OcppVersion(StrEnum):
@@ -115,8 +128,10 @@ class Evse:
         _identifier(self.node_id, "node_id")
         _finite(self.max_import_kw, "max_import_kw", minimum=0.0)
         _finite(self.max_export_kw, "max_export_kw", minimum=0.0)
-        if self.phases not in (1, 3):
-            raise ModelError("phases", f"must be 1 or 3, got {self.phases!r}")
+        if type(self.phases) is not int or self.phases not in (1, 3):
+            raise ModelError("phases", f"must be the integer 1 or 3, got {self.phases!r}")
+        if not isinstance(self.v2g_capable, bool):
+            raise ModelError("v2g_capable", f"must be true or false, got {self.v2g_capable!r}")
         _finite(self.voltage_v, "voltage_v", minimum=1.0)
         _finite(self.min_current_a, "min_current_a", minimum=0.0)
         if not isinstance(self.ocpp_version, OcppVersion):
@@ -230,10 +245,7 @@ class GridConstraint:
 
     def __post_init__(self) -> None:
         _identifier(self.node_id, "node_id")
-        object.__setattr__(self, "start", require_utc(self.start, "start"))
-        object.__setattr__(self, "end", require_utc(self.end, "end"))
-        if self.end <= self.start:
-            raise ModelError("end", "must be after start")
+        _check_window(self)
         _identifier(self.source, "source")
         if not isinstance(self.source_ref, str):
             raise ModelError("source_ref", "must be a string")
@@ -270,10 +282,7 @@ class PriceSignal:
     source: str = "config"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "start", require_utc(self.start, "start"))
-        object.__setattr__(self, "end", require_utc(self.end, "end"))
-        if self.end <= self.start:
-            raise ModelError("end", "must be after start")
+        _check_window(self)
         _finite(self.import_price_per_kwh, "import_price_per_kwh")
         _finite(self.export_price_per_kwh, "export_price_per_kwh")
 
@@ -304,6 +313,11 @@ class GridTree:
                     raise ModelError("parent_id", f"cycle through node {node.node_id!r}")
                 seen.add(current.parent_id)
                 current = by_id[current.parent_id]
+        for node in self.nodes:
+            parent = by_id[node.parent_id] if node.parent_id is not None else None
+            if parent is not None and parent.kind.level > node.kind.level:
+                raise ModelError("kind", f"{node.kind.value} {node.node_id!r} cannot hang "
+                                 f"below {parent.kind.value} {parent.node_id!r}")
         evse_ids: set[str] = set()
         for evse in self.evses:
             if evse.evse_id in evse_ids or evse.evse_id in by_id:
@@ -311,6 +325,10 @@ class GridTree:
             evse_ids.add(evse.evse_id)
             if evse.node_id not in by_id:
                 raise ModelError("node_id", f"EVSE {evse.evse_id!r} names unknown node "
+                                 f"{evse.node_id!r}")
+            if by_id[evse.node_id].kind is not NodeKind.SITE:
+                raise ModelError("node_id", f"EVSE {evse.evse_id!r} must hang below a site "
+                                 f"(connection point), not {by_id[evse.node_id].kind.value} "
                                  f"{evse.node_id!r}")
         object.__setattr__(self, "_by_id", by_id)
 
@@ -411,8 +429,5 @@ class NodeLoad:
 
     def __post_init__(self) -> None:
         _identifier(self.node_id, "node_id")
-        object.__setattr__(self, "start", require_utc(self.start, "start"))
-        object.__setattr__(self, "end", require_utc(self.end, "end"))
-        if self.end <= self.start:
-            raise ModelError("end", "must be after start")
+        _check_window(self)
         _finite(self.load_kw, "load_kw")

@@ -132,13 +132,7 @@ def build_problem(scenario: Scenario) -> tuple[FlexProblem, PlanIndex]:
                      if s.departure > origin and s.arrival < horizon_end)
     spans = [_interval_span(s.arrival, s.departure, origin, step, n_t, inside=True)
              for s in sessions]
-    targets = []
-    for session in sessions:
-        wish = session.energy_target_kwh - session.energy_initial_kwh
-        if session.departure > horizon_end:
-            present_from = max(session.arrival, origin)
-            wish *= (horizon_end - present_from) / (session.departure - present_from)
-        targets.append(session.energy_initial_kwh + wish)
+    targets = [horizon_target_kwh(session, scenario) for session in sessions]
 
     problem = FlexProblem(
         interval_h=dt_h,
@@ -176,6 +170,19 @@ def build_problem(scenario: Scenario) -> tuple[FlexProblem, PlanIndex]:
                       evse_ids=tuple(e.evse_id for e in evses), sessions=sessions,
                       cap_sources=cap_sources)
     return problem, index
+
+
+def horizon_target_kwh(session: Session, scenario: Scenario) -> float:
+    """Battery energy the session should reach by the end of its stay within the horizon.
+
+    A session leaving after the horizon gets the share of its wish that matches the
+    share of its stay inside the horizon.
+    """
+    wish = session.energy_target_kwh - session.energy_initial_kwh
+    if session.departure > scenario.end:
+        present_from = max(session.arrival, scenario.start)
+        wish *= (scenario.end - present_from) / (session.departure - present_from)
+    return session.energy_initial_kwh + wish
 
 
 def _floats(values: object) -> FloatArray:

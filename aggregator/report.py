@@ -21,6 +21,7 @@ import pandas as pd
 
 from aggregator.audit import cap_violations, evse_limit_violations, node_base_load_kw
 from aggregator.model import Schedule
+from aggregator.planning import horizon_target_kwh
 from aggregator.scenario import Scenario
 
 
@@ -44,13 +45,16 @@ def summarise(scenario: Scenario, schedule: Schedule) -> dict[str, Any]:
     """Energy, cost, caps and solver facts of a schedule, as plain JSON-ready values."""
     step_h = scenario.interval.total_seconds() / 3600.0
     power = schedule.session_power_kw
-    delivered = float(power.clip(lower=0).sum().sum() * step_h)
+    charged = float(power.clip(lower=0).sum().sum() * step_h)
     discharged = float((-power).clip(lower=0).sum().sum() * step_h)
-    requested = 0.0
+    requested = added = 0.0
     sessions = {s.session_id: s for s in scenario.sessions}
     for session_id in power.columns:
         s = sessions[session_id]
-        requested += s.energy_target_kwh - s.energy_initial_kwh
+        requested += horizon_target_kwh(s, scenario) - s.energy_initial_kwh
+        soc = schedule.soc[session_id].dropna()
+        if len(soc):
+            added += float(soc.iloc[-1]) * s.battery_capacity_kwh - s.energy_initial_kwh
     violations = cap_violations(scenario, schedule)
     peaks = []
     for node in scenario.tree.nodes:
@@ -65,7 +69,8 @@ def summarise(scenario: Scenario, schedule: Schedule) -> dict[str, Any]:
         "objective": schedule.objective,
         "sessions": int(power.shape[1]),
         "energy_requested_kwh": round(requested, 3),
-        "energy_delivered_kwh": round(delivered, 3),
+        "energy_delivered_kwh": round(added, 3),
+        "energy_charged_kwh": round(charged, 3),
         "energy_discharged_kwh": round(discharged, 3),
         "unmet_kwh": round(float(schedule.unmet_kwh.sum()), 3),
         "cap_violations": len(violations),
@@ -123,9 +128,8 @@ def plot_node_load(scenario: Scenario, schedule: Schedule, path: Path) -> None:
 def write_outputs(scenario: Scenario, schedule: Schedule, out_dir: Path) -> dict[str, Any]:
     """Write schedule.csv, schedule.parquet, summary.json and node_load.png atomically."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     summary = summarise(scenario, schedule)
-    staging = Path(tempfile.mkdtemp(prefix=".gridflex-", dir=out_dir.parent))
+    staging = Path(tempfile.mkdtemp(prefix="gridflex-"))
     try:
         table = schedule_table(scenario, schedule)
         table.to_csv(staging / "schedule.csv", index=False, date_format="%Y-%m-%dT%H:%M:%SZ")
@@ -134,9 +138,9 @@ def write_outputs(scenario: Scenario, schedule: Schedule, out_dir: Path) -> dict
         summary["files"] = {name: str(out_dir / name) for name in
                             ("schedule.csv", "schedule.parquet", "summary.json", "node_load.png")}
         (staging / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        out_dir.mkdir(exist_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
         for item in staging.iterdir():
-            item.replace(out_dir / item.name)
+            shutil.move(item, out_dir / item.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return summary
@@ -148,8 +152,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         ("scenario", summary["scenario"]),
         ("status", summary["status"]),
         ("sessions", summary["sessions"]),
-        ("energy requested", f"{summary['energy_requested_kwh']:.1f} kWh"),
-        ("energy delivered", f"{summary['energy_delivered_kwh']:.1f} kWh"),
+        ("energy requested", f"{summary['energy_requested_kwh']:.1f} kWh (into batteries)"),
+        ("energy delivered", f"{summary['energy_delivered_kwh']:.1f} kWh (into batteries)"),
+        ("energy charged", f"{summary['energy_charged_kwh']:.1f} kWh (from the grid)"),
         ("unmet", f"{summary['unmet_kwh']:.1f} kWh"),
         ("V2G discharged", f"{summary['energy_discharged_kwh']:.1f} kWh"),
         ("import cost", f"{summary['import_cost']:.2f}"),

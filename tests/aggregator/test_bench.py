@@ -1,0 +1,74 @@
+"""``gridflex bench optimizer``: JSON lines per path and the pyomo/direct comparison.
+
+Each case runs in a spawned process (a fresh interpreter importing numpy, pandas and
+pyomo); the pyomo comparison takes a few seconds and is marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from aggregator.bench import bench_optimizer
+from aggregator.cli import main
+
+RESULT_KEYS = {"sessions", "path", "build_s", "solve_s", "total_s", "peak_rss_mb", "objective",
+               "status"}
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """Every non-empty line parsed as a JSON object (fails on anything else)."""
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    assert all(isinstance(row, dict) for row in rows)
+    return rows
+
+
+@pytest.mark.slow
+def test_bench_direct_vs_pyomo_prints_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    status = bench_optimizer([60], ["direct", "pyomo"], pyomo_limit_s=60, seed=3,
+                             json_only=True)
+    assert status == 0
+    rows = json_lines(capsys.readouterr().out)
+    results = {row["path"]: row for row in rows if "path" in row}
+    assert set(results) == {"direct", "pyomo"}
+    for path, row in results.items():
+        assert set(row) >= RESULT_KEYS, path
+        assert row["sessions"] == 60
+        assert row["status"] == "optimal"
+        assert row["build_s"] >= 0 and row["solve_s"] >= 0 and row["total_s"] > 0
+        assert row["peak_rss_mb"] > 0
+    (comparison,) = [row for row in rows if "compare" in row]
+    assert comparison["compare"] == "pyomo/direct"
+    assert comparison["sessions"] == 60
+    assert {"build_ratio_pyomo_over_direct", "total_ratio_pyomo_over_direct",
+            "objective_rel_diff"} <= set(comparison)
+    # both paths solve the same LP, so the objectives agree
+    assert comparison["objective_rel_diff"] <= 1e-6
+    direct, pyomo = results["direct"]["objective"], results["pyomo"]["objective"]
+    assert abs(pyomo - direct) / max(1.0, abs(direct)) == pytest.approx(
+        comparison["objective_rel_diff"])
+    assert len(rows) == 3
+
+
+def test_cli_bench_json_prints_json_only(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "optimizer", "--sessions", "40", "--paths", "direct", "--json"]) == 0
+    rows = json_lines(capsys.readouterr().out)
+    assert len(rows) == 1
+    (row,) = rows
+    assert set(row) >= RESULT_KEYS
+    assert (row["sessions"], row["path"], row["status"]) == (40, "direct", "optimal")
+
+
+@pytest.mark.parametrize("argv", [
+    ["bench", "optimizer", "--sessions", "ten"],
+    ["bench", "optimizer", "--sessions", "0"],
+    ["bench", "optimizer", "--paths", "direct,fast"],
+])
+def test_cli_bench_rejects_bad_arguments(argv: list[str],
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    assert "--sessions" in capsys.readouterr().err
