@@ -9,7 +9,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from optimizer.lp import build_lp, solve_lp
-from optimizer.pyomo_model import solve_pyomo
 from optimizer.solution import Status
 from tests.optimizer.conftest import check_invariants, make_problem, problems
 
@@ -161,27 +160,6 @@ def test_results_are_deterministic() -> None:
 def test_every_lp_schedule_is_safe(p: object) -> None:
     solution = solve_lp(p)  # type: ignore[arg-type]
     check_invariants(p, solution)  # type: ignore[arg-type]
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(problems(max_sessions=4))
-def test_direct_and_pyomo_agree(p: object) -> None:
-    direct = solve_lp(p)  # type: ignore[arg-type]
-    reference = solve_pyomo(p)  # type: ignore[arg-type]
-    assert direct.ok == reference.ok
-    if direct.ok:
-        scale = max(1.0, abs(direct.objective))
-        assert abs(direct.objective - reference.objective) <= 1e-6 * scale
-        check_invariants(p, reference)  # type: ignore[arg-type]
-
-
-def test_pyomo_agrees_on_the_infeasible_case() -> None:
-    cap = np.full((2, 8), np.inf)
-    cap[0, 3] = 2.0
-    base = np.zeros((2, 8))
-    base[1, 3] = 40.0
-    p = make_problem(node_import_max_kw=cap, node_base_load_kw=base)
-    assert solve_pyomo(p).status == solve_lp(p).status == Status.INFEASIBLE
 
 
 def test_time_limit_is_honoured_without_crashing() -> None:
