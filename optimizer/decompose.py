@@ -106,7 +106,6 @@ def block_problem(p: FlexProblem, meter: int, shared: np.ndarray) -> tuple[FlexP
         session_discharge_efficiency=p.session_discharge_efficiency[sessions],
         evse_names=tuple(p.evse_names[i] for i in evses) if p.evse_names else (),
         session_names=tuple(names[i] for i in sessions) if names else ())
-    # tie-break weights must match the monolithic model's for each session
     return sub, sessions
 
 
@@ -116,6 +115,7 @@ class _Block:
     def __init__(self, p: FlexProblem, meter: int, shared: np.ndarray) -> None:
         sub, self.sessions = block_problem(p, meter, shared)
         self.model: LpModel = build_lp(sub)
+        # the tie-break weights depend on a session's place in the whole problem: use those
         tie_full = p.tie_break_weights()[self.sessions]
         tie_sub = sub.tie_break_weights()
         slots = self.model.slots
@@ -209,24 +209,32 @@ class _Block:
         return np.asarray(charge, dtype=float), np.asarray(discharge, dtype=float)
 
 
+def _serve(blocks: dict[int, _Block], kind: str, payload: dict[int, Any]) -> dict[int, Any]:
+    """Answer one request for the blocks named in ``payload`` (in a worker or in-process).
+
+    ``propose``: prices per block -> (status, priced, cost, flow); ``share``: flow bounds per
+    block -> the same; ``combine``: proposal weights per block -> (sessions, slots, c, d).
+    """
+    if kind == "propose":
+        return {m: blocks[m].offer(mu) for m, mu in payload.items()}
+    if kind == "share":
+        return {m: blocks[m].offer_within(*bounds) for m, bounds in payload.items()}
+    if kind == "combine":
+        return {m: (blocks[m].sessions, blocks[m].model.slots, *blocks[m].combine(w))
+                for m, w in payload.items()}
+    raise ValueError(f"unknown request {kind!r}")
+
+
 def _worker(conn: Connection, p: FlexProblem, meters: list[int], shared: np.ndarray) -> None:
-    """Serve one share of the blocks: build, propose under prices, mix the final plan."""
+    """Own one share of the blocks and answer requests until told to stop."""
     blocks = {meter: _Block(p, meter, shared) for meter in meters}
     conn.send("ready")
     while True:
-        message = conn.recv()
-        if message[0] == "propose":
-            conn.send([(meter, *blocks[meter].offer(mu)) for meter, mu in message[1].items()])
-        elif message[0] == "share":
-            conn.send([(meter, *blocks[meter].offer_within(*bounds))
-                       for meter, bounds in message[1].items()])
-        elif message[0] == "combine":
-            conn.send({meter: (blocks[meter].sessions, blocks[meter].model.slots,
-                               *blocks[meter].combine(weights))
-                       for meter, weights in message[1].items()})
-        else:
+        kind, payload = conn.recv()
+        if kind == "stop":
             conn.close()
             return
+        conn.send(_serve(blocks, kind, payload))
 
 
 class _Pool:
@@ -234,15 +242,15 @@ class _Pool:
 
     def __init__(self, p: FlexProblem, meters: IntArray, shared: np.ndarray,
                  workers: int) -> None:
-        shares = [list(map(int, meters[i::workers])) for i in range(workers)]
+        self.shares = [list(map(int, meters[i::workers])) for i in range(workers)]
         self.local: dict[int, _Block] | None = None
         self.conns: list[Connection] = []
         self.procs: list[Any] = []
         if workers <= 1:
             self.local = {int(m): _Block(p, int(m), shared) for m in meters}
             return
-        ctx = mp.get_context("spawn")
-        for share in shares:
+        ctx = mp.get_context("spawn")  # fork after HiGHS has started threads can hang
+        for share in self.shares:
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_worker, args=(child, p, share, shared), daemon=True)
             proc.start()
@@ -250,39 +258,13 @@ class _Pool:
             self.procs.append(proc)
         for conn in self.conns:
             conn.recv()
-        self.shares = shares
 
-    def propose(self, mus: dict[int, FloatArray]
-                ) -> list[tuple[int, str, float, float, FloatArray]]:
-        """Every block's best plan under its prices: (meter, status, priced, cost, flow)."""
+    def ask(self, kind: str, payload: dict[int, Any]) -> dict[int, Any]:
+        """Send each worker its blocks' part of ``payload``; merge the answers."""
         if self.local is not None:
-            return [(meter, *self.local[meter].offer(mu)) for meter, mu in mus.items()]
+            return _serve(self.local, kind, payload)
         for conn, share in zip(self.conns, self.shares, strict=True):
-            conn.send(("propose", {m: mus[m] for m in share}))
-        out: list[tuple[int, str, float, float, FloatArray]] = []
-        for conn in self.conns:
-            out.extend(conn.recv())
-        return out
-
-    def propose_shares(self, shares: dict[int, tuple[FloatArray, FloatArray]]
-                       ) -> list[tuple[int, str, float, float, FloatArray]]:
-        """Every block's best plan inside its share of the shared caps."""
-        if self.local is not None:
-            return [(meter, *self.local[meter].offer_within(*bounds))
-                    for meter, bounds in shares.items()]
-        for conn, share in zip(self.conns, self.shares, strict=True):
-            conn.send(("share", {m: shares[m] for m in share}))
-        out: list[tuple[int, str, float, float, FloatArray]] = []
-        for conn in self.conns:
-            out.extend(conn.recv())
-        return out
-
-    def combine(self, weights: dict[int, FloatArray]) -> dict[int, Any]:
-        if self.local is not None:
-            return {m: (self.local[m].sessions, self.local[m].model.slots,
-                        *self.local[m].combine(w)) for m, w in weights.items()}
-        for conn, share in zip(self.conns, self.shares, strict=True):
-            conn.send(("combine", {m: weights[m] for m in share}))
+            conn.send((kind, {m: payload[m] for m in share if m in payload}))
         out: dict[int, Any] = {}
         for conn in self.conns:
             out.update(conn.recv())
@@ -290,7 +272,7 @@ class _Pool:
 
     def close(self) -> None:
         for conn in self.conns:
-            conn.send(("stop",))
+            conn.send(("stop", {}))
         for proc in self.procs:
             proc.join(timeout=5)
 
@@ -350,8 +332,8 @@ def _column_generation(p: FlexProblem, pool: _Pool, meters: IntArray,
     master.changeObjectiveOffset(idle_cost)
     col_block: list[int] = []
 
-    def add_columns(replies: list[tuple[int, str, float, float, FloatArray]]) -> None:
-        for meter, status, _priced, original, flow in replies:
+    def add_columns(replies: dict[int, tuple[str, float, float, FloatArray]]) -> None:
+        for meter, (status, _priced, original, flow) in replies.items():
             if status != Status.OPTIMAL:
                 continue
             k = block_index[meter]
@@ -365,9 +347,9 @@ def _column_generation(p: FlexProblem, pool: _Pool, meters: IntArray,
     lower_bound, upper_bound, master_value = -np.inf, np.inf, np.inf
     y = np.zeros(n_rows)
     sigma: FloatArray | None = None
-    shares = pool.propose_shares(_shares(p, coupling, meters))
+    shares = pool.ask("share", _shares(p, coupling, meters))
     add_columns(shares)
-    if all(status == Status.OPTIMAL for _, status, *_ in shares):
+    if all(status == Status.OPTIMAL for status, *_ in shares.values()):
         # the share proposals mix into a feasible plan: price from the master's duals at once
         master.run()
         master_value = float(master.getInfo().objective_function_value)
@@ -378,14 +360,14 @@ def _column_generation(p: FlexProblem, pool: _Pool, meters: IntArray,
     iterations = 0
     while True:
         iterations += 1
-        replies = pool.propose(_block_prices(coupling, y, meters, n_t))
-        if any(status != Status.OPTIMAL for _, status, *_ in replies):
+        replies = pool.ask("propose", _block_prices(coupling, y, meters, n_t))
+        if any(status != Status.OPTIMAL for status, *_ in replies.values()):
             stats["iterations"] = iterations
             return infeasible_solution(p, Status.INFEASIBLE, stats)
-        priced = np.array([r[2] for r in replies])
+        priced = np.array([reply[1] for reply in replies.values()])
         lower_bound = max(lower_bound, idle_cost + float(priced.sum()) + _row_term(coupling, y))
         stage_done = sigma is not None and float(np.minimum(
-            0.0, priced - sigma[[block_index[r[0]] for r in replies]]).sum()) >= \
+            0.0, priced - sigma[[block_index[m] for m in replies]]).sum()) >= \
             -rel_gap * max(1.0, abs(master_value))
         add_columns(replies)
         values = np.asarray(master.getSolution().col_value) if sigma is not None else None
@@ -418,7 +400,7 @@ def _column_generation(p: FlexProblem, pool: _Pool, meters: IntArray,
     weights: dict[int, list[float]] = {int(m): [] for m in meters}
     for j, meter in enumerate(col_block):
         weights[meter].append(float(values[n_fixed_cols + j]))
-    mixed = pool.combine({m: np.array(w) for m, w in weights.items()})
+    mixed = pool.ask("combine", {m: np.array(w) for m, w in weights.items()})
     shape = (p.n_sessions, n_t)
     charge, discharge = np.zeros(shape), np.zeros(shape)
     for sessions, slots, c, d in mixed.values():
