@@ -1,4 +1,4 @@
-"""``gridflex bench optimizer``: build and solve times of the direct and pyomo paths.
+"""``gridflex bench optimizer``: build and solve times of the direct and pyomo paths (and MILP).
 
 Each (size, path) runs in a fresh process so ``peak_rss_mb`` is its own and a slow
 pyomo build can be stopped at the time limit.  Results are JSON lines; the ratios
@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 TIME_LIMIT_GRACE_S = 30.0
+MILP_LIMIT_S = 120.0
 
 
 def _run_case(sessions: int, path: str, seed: int, limit_s: float | None,
@@ -32,13 +33,16 @@ def _run_case(sessions: int, path: str, seed: int, limit_s: float | None,
         solution = solve_pyomo(problem, time_limit_s=limit_s)
     elif path == "monolithic":
         solution = solve_lp(problem)
+    elif path == "milp":
+        solution = solve(problem, method="milp", time_limit_s=MILP_LIMIT_S)
     else:
         solution = solve(problem)
     total_s = time.perf_counter() - started
     rss_kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                  resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     stats = solution.stats
-    wanted = ("iterations", "blocks", "cols", "rows", "rel_gap")
+    wanted = ("iterations", "blocks", "cols", "rows", "rel_gap", "gap_vs_lp", "lp_bound",
+              "neighbourhood", "binaries")
     extra: dict[str, Any] = {key: stats[key] for key in wanted if key in stats}
     result: dict[str, Any] = {
         "bench": "optimizer", "sessions": sessions, "path": path,

@@ -67,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     opt.add_argument("--sessions", default="100,1000,5000,10000",
                      help="comma-separated fleet sizes")
     opt.add_argument("--paths", default="direct,pyomo",
-                     help="comma-separated: direct (auto method), monolithic (one LP), pyomo")
+                     help="comma-separated: direct (auto method), monolithic (one LP), pyomo, "
+                          "milp (fix-and-solve, 120 s limit)")
     opt.add_argument("--pyomo-limit", type=float, default=120.0, metavar="S",
                      help="stop the pyomo path at the first size slower than this")
     opt.add_argument("--seed", type=int, default=1)
@@ -87,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError:
             parser.error("--sessions takes comma-separated integers")
         paths = [v.strip() for v in args.paths.split(",") if v.strip()]
-        unknown = set(paths) - {"direct", "monolithic", "pyomo"}
+        unknown = set(paths) - {"direct", "monolithic", "pyomo", "milp"}
         if unknown or not sizes or min(sizes) < 1:
             parser.error(f"bad --paths {sorted(unknown)} or --sessions")
         return bench_optimizer(sizes, paths, pyomo_limit_s=args.pyomo_limit, seed=args.seed,
