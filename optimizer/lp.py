@@ -343,7 +343,8 @@ def solve_model(model: LpModel, *, time_limit_s: float | None = None,
             np.all(model.row_lower <= 1e-9) and np.all(model.row_upper >= -1e-9)):
         status = Status.INFEASIBLE  # HiGHS does not check rows that have no columns
     info = h.getInfo()
-    stats: dict[str, Any] = {"path": "direct", "build_s": model.build_s + handover_s,
+    stats: dict[str, Any] = {"path": "direct", "method": "lp",
+                             "build_s": model.build_s + handover_s,
                              "solve_s": solve_s, "cols": model.n_cols, "rows": model.n_rows,
                              "nonzeros": int(model.matrix.nnz),
                              "iterations": int(info.simplex_iteration_count)}
