@@ -20,6 +20,7 @@ from aggregator.model import GridConstraint, ModelError, Schedule, Session
 from aggregator.scenario import Scenario
 from optimizer.problem import FlexProblem, FloatArray
 from optimizer.solution import Solution
+from optimizer.verdict import binding_caps
 
 
 @dataclass(frozen=True)
@@ -203,4 +204,41 @@ def to_schedule(solution: Solution, problem: FlexProblem, index: PlanIndex) -> S
                     unmet_kwh=pd.Series(solution.unmet_kwh, index=session_ids, dtype=float),
                     interval=index.interval, objective=solution.objective,
                     status=solution.status, solver_stats=solution.stats,
-                    binding=solution.binding, warnings=solution.warnings)
+                    binding=explain_binding(solution, problem, index),
+                    warnings=solution.warnings)
+
+
+def explain_binding(solution: Solution, problem: FlexProblem,
+                    index: PlanIndex) -> tuple[str, ...]:
+    """Which limits the plan runs into, when (UTC), and who set them (provenance).
+
+    An infeasible plan keeps the optimizer's diagnosis of the caps that cannot hold.
+    """
+    if not solution.ok:
+        return solution.binding
+    lines: list[str] = []
+    for node, direction, hits in binding_caps(problem, solution.power_kw):
+        node_id = index.node_ids[node]
+        caps = problem.node_import_max_kw if direction == "import" else \
+            problem.node_export_max_kw
+        runs: list[list[int]] = []
+        for t in map(int, hits):
+            source = index.cap_sources.get((node_id, direction, t))
+            if runs and runs[-1][-1] == t - 1 and index.cap_sources.get(
+                    (node_id, direction, runs[-1][-1])) is source:
+                runs[-1].append(t)
+            else:
+                runs.append([t])
+        for run in runs:
+            start = index.intervals[run[0]]
+            end = index.intervals[run[-1]] + index.interval
+            constraint = index.cap_sources.get((node_id, direction, run[0]))
+            origin = (f"{constraint.source} {constraint.source_ref}" if constraint is not None
+                      else "unknown source")
+            lines.append(f"{node_id}: {direction} cap {caps[node, run[0]]:g} kW binds "
+                         f"{start:%Y-%m-%d %H:%M}-{end:%H:%M} UTC, set by {origin}")
+    for session, unmet in zip(index.sessions, solution.unmet_kwh, strict=True):
+        if unmet > 1e-6:
+            lines.append(f"{session.session_id}: {unmet:.3f} kWh unmet at departure "
+                         f"{session.departure:%Y-%m-%d %H:%M} UTC")
+    return tuple(lines)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from optimizer.problem import FlexProblem, FloatArray
+from optimizer.problem import FlexProblem, FloatArray, IntArray
 from optimizer.solution import Solution, Status, empty_solution
 
 BIND_TOL_KW = 1e-6
@@ -66,18 +66,24 @@ def _node_name(p: FlexProblem, node: int) -> str:
     return p.node_names[node] if p.node_names else f"node {node}"
 
 
-def binding_constraints(p: FlexProblem, power_kw: FloatArray,
-                        unmet_kwh: FloatArray) -> tuple[str, ...]:
-    """Human-readable list of the caps that bind and the sessions left short."""
+def binding_caps(p: FlexProblem, power_kw: FloatArray) -> list[tuple[int, str, IntArray]]:
+    """(node, "import" | "export", intervals) of every cap the plan reaches."""
     flow = node_flow_kw(p, power_kw)
-    found: list[str] = []
+    found: list[tuple[int, str, IntArray]] = []
     for node in range(p.n_nodes):
         for label, cap, value in (("import", p.node_import_max_kw[node], flow[node]),
                                   ("export", p.node_export_max_kw[node], -flow[node])):
             hit = np.flatnonzero(np.isfinite(cap) & (value >= cap - BIND_TOL_KW))
             if hit.size:
-                found.append(f"{_node_name(p, node)}: {label} cap binds in intervals "
-                             f"{_ranges(hit)}")
+                found.append((node, label, hit.astype(np.int64)))
+    return found
+
+
+def binding_constraints(p: FlexProblem, power_kw: FloatArray,
+                        unmet_kwh: FloatArray) -> tuple[str, ...]:
+    """Human-readable list of the caps that bind and the sessions left short."""
+    found = [f"{_node_name(p, node)}: {label} cap binds in intervals {_ranges(hit)}"
+             for node, label, hit in binding_caps(p, power_kw)]
     for s in np.flatnonzero(unmet_kwh > 1e-6):
         name = p.session_names[s] if p.session_names else f"session {s}"
         found.append(f"{name}: {unmet_kwh[s]:.3f} kWh unmet at departure")
@@ -143,5 +149,5 @@ def infeasible_solution(p: FlexProblem, status: str, stats: dict[str, Any]) -> S
                     binding=reasons, warnings=price_warnings(p))
 
 
-__all__ = ["Status", "binding_constraints", "cap_violations", "cost_terms", "finish_solution",
-           "infeasible_solution", "node_flow_kw"]
+__all__ = ["Status", "binding_caps", "binding_constraints", "cap_violations", "cost_terms",
+           "finish_solution", "infeasible_solution", "node_flow_kw"]

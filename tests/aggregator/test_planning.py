@@ -396,7 +396,10 @@ def test_to_schedule_builds_utc_frames_and_sums_sessions_per_evse() -> None:
     assert schedule.unmet_kwh.to_dict() == {"first": 0.0, "second": 1.5, "v2g": 0.0}
     assert schedule.interval == STEP
     assert (schedule.objective, schedule.status) == (12.5, "optimal")
-    assert schedule.binding == ("x",) and schedule.warnings == ("w",)
+    # binding is explained from the plan itself (no caps here, one session left short)
+    assert len(schedule.binding) == 1
+    assert schedule.binding[0].startswith("second: 1.500 kWh unmet at departure")
+    assert schedule.warnings == ("w",)
 
 
 def test_to_schedule_of_a_solved_problem_is_consistent() -> None:
@@ -417,3 +420,28 @@ def test_to_schedule_of_a_solved_problem_is_consistent() -> None:
         assert schedule.soc[s.session_id].iloc[start:end].notna().all()
         assert schedule.soc[s.session_id].iloc[outside].isna().all()
 
+
+
+def test_binding_caps_are_explained_with_times_and_provenance() -> None:
+    # 60 kW of office load under the feeder: evt-1 (60 kW) leaves no room for the EVs and
+    # evt-2 (80 kW) leaves 20 of the 22 kW they want while they still need energy
+    sessions = (session("s-a", "A-01", T0, at(14), energy_requested_kwh=20.0),
+                session("s-b", "B-01", T0, at(14), energy_requested_kwh=20.0))
+    office = NodeLoad("site-a", T0, at(14), 60.0)
+    problem, index = build_problem(scenario(constraints=tuple(overlapping_feeder_caps()),
+                                            sessions=sessions, loads=(office,)))
+    schedule = to_schedule(solve(problem), problem, index)
+    assert "feeder: import cap 60 kW binds 2026-11-20 12:30-13:30 UTC, set by openadr evt-1" \
+        in schedule.binding
+    assert any(line.startswith("feeder: import cap 80 kW binds 2026-11-20 13:30-14:00 UTC")
+               and line.endswith("set by openadr evt-2") for line in schedule.binding)
+
+
+def test_unmet_energy_is_explained_with_the_departure_time() -> None:
+    tight = cap("site-a", T0, at(14), "evt-tight", import_max_kw=1.0)
+    sessions = (session("s-a", "A-01", T0, at(13), energy_requested_kwh=10.0),)
+    problem, index = build_problem(scenario(constraints=(tight,), sessions=sessions))
+    schedule = to_schedule(solve(problem), problem, index)
+    # 1 kW for 1 h at 95 %: 0.95 kWh of 10 kWh
+    assert "s-a: 9.050 kWh unmet at departure 2026-11-20 13:00 UTC" in schedule.binding
+    assert any("set by openadr evt-tight" in line for line in schedule.binding)
