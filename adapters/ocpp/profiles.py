@@ -1,0 +1,159 @@
+"""A planned EVSE power series as an OCPP SetChargingProfile request (1.6, 2.0.1, 2.1).
+
+Encoding rules, never decisions:
+- limits are rounded *down* to 0.1 of the rate unit, so a profile never allows more
+  than the plan (nor discharges more than planned);
+- a charging current below the EVSE's minimum becomes 0 (chargers reject 0 < I < 6 A);
+- discharge exists only in OCPP 2.1, as ``operationMode`` CentralSetpoint with a negative
+  ``setpoint`` and ``dischargeLimit``; asking 1.6 or 2.0.1 to discharge is an error;
+- times are UTC (``...Z``); equal consecutive periods are merged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import pandas as pd
+
+from aggregator.model import Evse, OcppVersion, require_utc
+
+RateUnit = Literal["A", "W"]
+Purpose = Literal["TxProfile", "TxDefaultProfile"]
+TOLERANCE_KW = 1e-6
+
+
+class ProfileError(ValueError):
+    """A plan that cannot be expressed as a profile for this EVSE; names the field."""
+
+
+@dataclass(frozen=True)
+class ProfileRequest:
+    """One EVSE's plan and the bookkeeping OCPP needs to carry it.
+
+    ``power_kw`` is indexed by UTC interval starts (+ charge, - discharge); ``evse_number``
+    is the station's own numbering (1.6 connectorId, 2.x evseId).
+    """
+
+    evse: Evse
+    power_kw: pd.Series
+    interval: timedelta
+    profile_id: int
+    stack_level: int
+    evse_number: int = 1
+    purpose: Purpose = "TxProfile"
+    transaction_id: str | None = None
+    rate_unit: RateUnit = "A"
+
+
+def _utc(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _round_down(value: float) -> float:
+    """Down to one decimal, as OCPP limits allow; exact decimals stay exact."""
+    return math.floor(round(value * 10.0, 6)) / 10.0
+
+
+def to_rate(evse: Evse, power_kw: float, unit: RateUnit) -> float:
+    """A charging power (kW, >= 0) in the rate unit, rounded down, minimum current honoured."""
+    if unit == "W":
+        return _round_down(power_kw * 1000.0)
+    current_a = _round_down(power_kw * 1000.0 / (evse.phases * evse.voltage_v))
+    return current_a if current_a >= evse.min_current_a else 0.0
+
+
+def from_rate(evse: Evse, value: float, unit: RateUnit) -> float:
+    """The power (kW) a limit in the rate unit allows."""
+    if unit == "W":
+        return value / 1000.0
+    return value * evse.phases * evse.voltage_v / 1000.0
+
+
+def _periods(request: ProfileRequest) -> list[dict[str, Any]]:
+    evse, unit = request.evse, request.rate_unit
+    version = evse.ocpp_version
+    step_s = int(request.interval.total_seconds())
+    periods: list[dict[str, Any]] = []
+    for position, power in enumerate(request.power_kw.to_numpy(dtype=float)):
+        if not math.isfinite(power):
+            raise ProfileError(f"power_kw: not a number at interval {position}")
+        period: dict[str, Any] = {"startPeriod": position * step_s}
+        if power < -TOLERANCE_KW:
+            if version is not OcppVersion.V21 or not evse.can_discharge:
+                raise ProfileError(f"power_kw: EVSE {evse.evse_id!r} cannot discharge (OCPP "
+                                   f"{version.value}, v2g_capable={evse.v2g_capable}), but "
+                                   f"the plan discharges {-power:.3f} kW at interval {position}")
+            magnitude = to_rate(evse, -power, unit)
+            period.update(operationMode="CentralSetpoint", setpoint=-magnitude,
+                          dischargeLimit=-magnitude, limit=0.0)
+        else:
+            period["limit"] = to_rate(evse, max(power, 0.0), unit)
+            if version is OcppVersion.V21 and evse.can_discharge:
+                period["operationMode"] = "ChargingOnly"
+        if unit == "A":
+            period["numberPhases"] = evse.phases
+        if periods and {k: v for k, v in periods[-1].items() if k != "startPeriod"} == {
+                k: v for k, v in period.items() if k != "startPeriod"}:
+            continue  # same as the period before: extend it
+        periods.append(period)
+    return periods
+
+
+def set_charging_profile(request: ProfileRequest) -> dict[str, Any]:
+    """The SetChargingProfile request payload for the EVSE's OCPP version."""
+    index = request.power_kw.index
+    if not isinstance(index, pd.DatetimeIndex) or str(index.tz) != "UTC" or len(index) == 0:
+        raise ProfileError("power_kw: needs a non-empty UTC DatetimeIndex")
+    if request.interval <= timedelta(0) or request.interval.total_seconds() % 1:
+        raise ProfileError("interval: must be a positive whole number of seconds")
+    if request.stack_level < 0 or request.profile_id < 1:
+        raise ProfileError("stack_level: must be >= 0 and profile_id >= 1")
+    if request.purpose == "TxProfile" and request.transaction_id is None:
+        raise ProfileError("transaction_id: a TxProfile needs the running transaction")
+    start = require_utc(index[0].to_pydatetime(), "power_kw")
+    duration_s = int(len(index) * request.interval.total_seconds())
+    valid_to = start + timedelta(seconds=duration_s)
+    periods = _periods(request)
+    version = request.evse.ocpp_version
+    if version is OcppVersion.V16:
+        schedule16: dict[str, Any] = {
+            "duration": duration_s, "startSchedule": _utc(start),
+            "chargingRateUnit": request.rate_unit, "chargingSchedulePeriod": periods}
+        profile16: dict[str, Any] = {
+            "chargingProfileId": request.profile_id, "stackLevel": request.stack_level,
+            "chargingProfilePurpose": request.purpose, "chargingProfileKind": "Absolute",
+            "validFrom": _utc(start), "validTo": _utc(valid_to),
+            "chargingSchedule": schedule16}
+        if request.transaction_id is not None:
+            if not request.transaction_id.isdigit():
+                raise ProfileError("transaction_id: OCPP 1.6 transaction ids are integers")
+            profile16["transactionId"] = int(request.transaction_id)
+        return {"connectorId": request.evse_number, "csChargingProfiles": profile16}
+    schedule: dict[str, Any] = {
+        "id": request.profile_id, "startSchedule": _utc(start), "duration": duration_s,
+        "chargingRateUnit": request.rate_unit, "chargingSchedulePeriod": periods}
+    profile: dict[str, Any] = {
+        "id": request.profile_id, "stackLevel": request.stack_level,
+        "chargingProfilePurpose": request.purpose, "chargingProfileKind": "Absolute",
+        "validFrom": _utc(start), "validTo": _utc(valid_to), "chargingSchedule": [schedule]}
+    if request.transaction_id is not None:
+        profile["transactionId"] = request.transaction_id
+    return {"evseId": request.evse_number, "chargingProfile": profile}
+
+
+def allowed_power_kw(evse: Evse, payload: dict[str, Any], unit: RateUnit) -> list[float]:
+    """Per period, the signed power a payload allows (charge limit, or minus the discharge)."""
+    if "csChargingProfiles" in payload:
+        periods = payload["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"]
+    else:
+        periods = payload["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"]
+    allowed = []
+    for period in periods:
+        if period.get("operationMode") == "CentralSetpoint":
+            allowed.append(from_rate(evse, float(period["setpoint"]), unit))
+        else:
+            allowed.append(from_rate(evse, float(period["limit"]), unit))
+    return allowed
