@@ -431,3 +431,62 @@ class NodeLoad:
         _identifier(self.node_id, "node_id")
         _check_window(self)
         _finite(self.load_kw, "load_kw")
+
+
+class Measurand(StrEnum):
+    """Meter quantities gridflex settles on; import and export are never netted."""
+
+    ENERGY_IMPORT = "Energy.Active.Import.Register"
+    ENERGY_EXPORT = "Energy.Active.Export.Register"
+    POWER_IMPORT = "Power.Active.Import"
+    POWER_EXPORT = "Power.Active.Export"
+    SOC = "SoC"
+
+    @property
+    def unit(self) -> str:
+        """The unit ``MeterSample.value`` is normalised to for this measurand."""
+        if self in (Measurand.ENERGY_IMPORT, Measurand.ENERGY_EXPORT):
+            return "Wh"
+        if self in (Measurand.POWER_IMPORT, Measurand.POWER_EXPORT):
+            return "W"
+        return "Percent"
+
+
+@dataclass(frozen=True, slots=True)
+class MeterSample:
+    """One measured value from a station, as it arrived (meter time kept apart from ours).
+
+    ``value`` is in ``measurand.unit`` (Wh, W or percent).  ``signed_data`` keeps a signed
+    meter value (OCMF) verbatim.  ``key`` is the natural key that makes ingestion
+    idempotent: station, EVSE, transaction, meter time, measurand, phase and reading
+    context (a retransmission repeats all of them; a transaction's begin and end
+    readings in the same second differ in context and are both kept).
+    """
+
+    station_id: str
+    evse_number: int
+    transaction_id: str | None
+    measured_at: datetime
+    measurand: Measurand
+    value: float
+    received_at: datetime
+    evse_id: str | None = None
+    phase: str | None = None
+    context: str | None = None
+    signed_data: str | None = None
+
+    def __post_init__(self) -> None:
+        _identifier(self.station_id, "station_id")
+        if isinstance(self.evse_number, bool) or not isinstance(self.evse_number, int) or \
+                self.evse_number < 0:
+            raise ModelError("evse_number", f"must be an integer >= 0, got {self.evse_number!r}")
+        object.__setattr__(self, "measured_at", require_utc(self.measured_at, "measured_at"))
+        object.__setattr__(self, "received_at", require_utc(self.received_at, "received_at"))
+        if not isinstance(self.measurand, Measurand):
+            object.__setattr__(self, "measurand", _enum(Measurand, self.measurand, "measurand"))
+        _finite(self.value, "value")
+
+    @property
+    def key(self) -> tuple[str, int, str | None, datetime, str, str | None, str | None]:
+        return (self.station_id, self.evse_number, self.transaction_id, self.measured_at,
+                self.measurand.value, self.phase, self.context)

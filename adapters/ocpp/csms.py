@@ -1,0 +1,434 @@
+"""gridflex as the CSMS that stations connect to (OCPP-J over WebSocket: 1.6, 2.0.1, 2.1).
+
+Stations connect to ``ws[s]://host:port/<station_id>`` and offer subprotocols; the
+newest one both sides speak wins.  Security profile 1 is HTTP basic auth, 2 adds TLS,
+3 is mutual TLS with the station id as the certificate's common name.  Unknown stations
+and wrong passwords are refused before the WebSocket opens.
+
+Meter values become ``MeterSample``s, handed to a ``MeterSink`` exactly once (duplicates
+by natural key are dropped) from a queue: a slow or failing sink delays them, never
+loses what was acknowledged to a station.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import logging
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Any, Literal, Protocol
+
+from ocpp.exceptions import NotImplementedError as OcppNotImplemented
+from ocpp.routing import on
+from ocpp.v16 import ChargePoint as ChargePoint16
+from ocpp.v16 import call as call16
+from ocpp.v16 import call_result as result16
+from ocpp.v21 import ChargePoint as ChargePoint21
+from ocpp.v21 import call as call21
+from ocpp.v21 import call_result as result21
+from ocpp.v201 import ChargePoint as ChargePoint201
+from ocpp.v201 import call as call201
+from ocpp.v201 import call_result as result201
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from adapters.ocpp.meter import parse_meter_values
+from aggregator.model import MeterSample
+
+log = logging.getLogger("gridflex.ocpp")
+
+SUBPROTOCOLS = ("ocpp2.1", "ocpp2.0.1", "ocpp1.6")  # preference order
+SecurityProfile = Literal[1, 2, 3]
+
+
+class MeterSink(Protocol):
+    """Where meter samples go (settlement); ``put`` may be slow or fail and is retried."""
+
+    async def put(self, samples: Sequence[MeterSample]) -> None: ...
+
+
+@dataclass
+class MemorySink:
+    """A sink that keeps samples in memory by natural key (tests, demo)."""
+
+    samples: dict[tuple[Any, ...], MeterSample] = field(default_factory=dict)
+
+    async def put(self, samples: Sequence[MeterSample]) -> None:
+        for sample in samples:
+            self.samples.setdefault(sample.key, sample)
+
+
+@dataclass(frozen=True)
+class StationConfig:
+    """A station allowed to connect: its password (profiles 1, 2) and EVSE numbering."""
+
+    station_id: str
+    password: str | None = None
+    evses: dict[int, str] = field(default_factory=dict)  # OCPP EVSE/connector -> EVSE id
+
+
+@dataclass(frozen=True)
+class CsmsConfig:
+    """Listening address, security, authorisation policy and timeouts."""
+
+    stations: tuple[StationConfig, ...]
+    host: str = "127.0.0.1"
+    port: int = 0
+    security_profile: SecurityProfile = 1
+    ssl_context: ssl.SSLContext | None = None
+    authorized_ids: frozenset[str] | None = None  # None: accept every id token
+    heartbeat_interval_s: int = 300
+    response_timeout_s: float = 10.0
+
+
+@dataclass
+class EvNeeds:
+    """What an EV told its station it needs (OCPP 2.x NotifyEVChargingNeeds)."""
+
+    received_at: datetime
+    departure: datetime | None
+    energy_kwh: float | None
+    raw: dict[str, Any]
+
+
+class Csms:
+    """The central system: accepts stations, ingests meter values, sends profiles."""
+
+    def __init__(self, config: CsmsConfig, sink: MeterSink) -> None:
+        if config.security_profile in (2, 3) and config.ssl_context is None:
+            raise ValueError("ssl_context: security profiles 2 and 3 need TLS")
+        self.config = config
+        self.sink = sink
+        self.stations = {s.station_id: s for s in config.stations}
+        self.connected: dict[str, Any] = {}
+        self.transactions: dict[tuple[str, int], str] = {}
+        self.ev_needs: dict[tuple[str, int], EvNeeds] = {}
+        self.rejected_values: list[str] = []
+        self._seen: set[tuple[Any, ...]] = set()
+        self._queue: asyncio.Queue[list[MeterSample]] = asyncio.Queue()
+        self._server: Server | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+        self._next_tx = 1
+
+    # -- server lifecycle ------------------------------------------------------------------
+    async def start(self) -> int:
+        """Listen and return the port."""
+        self._server = await serve(
+            self._session, self.config.host, self.config.port, subprotocols=None,
+            select_subprotocol=self._select_subprotocol, process_request=self._check_request,
+            ssl=self.config.ssl_context)
+        self._drain_task = asyncio.create_task(self._drain())
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def stop(self) -> None:
+        """Stop accepting, close sessions, and hand every queued sample to the sink."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        await self._queue.join()
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+
+    def _select_subprotocol(self, _: ServerConnection, offered: Sequence[str]) -> Any:
+        for protocol in SUBPROTOCOLS:
+            if protocol in offered:
+                return protocol
+        return None
+
+    def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        station_id = request.path.rstrip("/").rsplit("/", 1)[-1]
+        station = self.stations.get(station_id)
+        if station is None:
+            log.warning("refused unknown station %r", station_id)
+            return connection.respond(HTTPStatus.NOT_FOUND, "unknown station\n")
+        if self.config.security_profile == 3:
+            peer = connection.transport.get_extra_info("ssl_object")
+            cert = peer.getpeercert() if peer is not None else None
+            names = [value for rdn in (cert or {}).get("subject", ()) for key, value in rdn
+                     if key == "commonName"]
+            if station_id not in names:
+                log.warning("refused station %r: certificate names %s", station_id, names)
+                return connection.respond(HTTPStatus.FORBIDDEN, "certificate mismatch\n")
+            return None
+        expected = f"{station_id}:{station.password or ''}".encode()
+        header = request.headers.get("Authorization", "")
+        given = base64.b64decode(header[6:]) if header.startswith("Basic ") else b""
+        if station.password is None or not hmac.compare_digest(given, expected):
+            log.warning("refused station %r: bad or missing basic auth", station_id)
+            return connection.respond(HTTPStatus.UNAUTHORIZED, "authentication failed\n")
+        return None
+
+    async def _session(self, connection: ServerConnection) -> None:
+        station_id = connection.request.path.rstrip("/").rsplit("/", 1)[-1] \
+            if connection.request is not None else ""
+        handler_class = {"ocpp1.6": _Station16, "ocpp2.0.1": _Station201,
+                         "ocpp2.1": _Station21}.get(connection.subprotocol or "")
+        if handler_class is None:
+            log.warning("station %r offered no OCPP version we speak", station_id)
+            await connection.close(1002, "no common OCPP subprotocol")
+            return
+        station = handler_class(station_id, connection, self)
+        self.connected[station_id] = station
+        log.info("station %r connected (%s)", station_id, connection.subprotocol)
+        try:
+            await station.start()
+        except Exception as err:  # a dropped connection ends the session, not the CSMS
+            log.info("station %r disconnected: %s", station_id, err)
+        finally:
+            if self.connected.get(station_id) is station:
+                del self.connected[station_id]
+
+    # -- meter values ----------------------------------------------------------------------
+    def ingest(self, station_id: str, evse_number: int, transaction_id: str | None,
+               meter_values: Any) -> None:
+        """Parse, de-duplicate and queue meter values; bad values are logged and counted."""
+        evse_id = self.stations[station_id].evses.get(evse_number)
+        samples, errors = parse_meter_values(
+            meter_values, station_id=station_id, evse_number=evse_number,
+            transaction_id=transaction_id, received_at=datetime.now(UTC), evse_id=evse_id)
+        for error in errors:
+            log.warning("station %r: rejected meter value %s", station_id, error)
+        self.rejected_values.extend(errors)
+        fresh = [s for s in samples if s.key not in self._seen]
+        self._seen.update(s.key for s in fresh)
+        if fresh:
+            self._queue.put_nowait(fresh)
+
+    async def _drain(self) -> None:
+        backoff_s = 0.05
+        while True:
+            batch = await self._queue.get()
+            while True:
+                try:
+                    await self.sink.put(batch)
+                    backoff_s = 0.05
+                    break
+                except Exception as err:  # keep the batch and retry: nothing acked is lost
+                    log.warning("meter sink failed (%s); retrying in %.2f s", err, backoff_s)
+                    await asyncio.sleep(backoff_s)
+                    backoff_s = min(backoff_s * 2, 5.0)
+            self._queue.task_done()
+
+    def start_transaction(self, station_id: str, evse_number: int,
+                          transaction_id: str | None = None) -> str:
+        if transaction_id is None:
+            transaction_id = str(self._next_tx)
+            self._next_tx += 1
+        self.transactions[(station_id, evse_number)] = transaction_id
+        return transaction_id
+
+    def authorized(self, id_token: str) -> bool:
+        ids = self.config.authorized_ids
+        return ids is None or id_token in ids
+
+    # -- commands to stations --------------------------------------------------------------
+    async def set_charging_profile(self, station_id: str, payload: dict[str, Any]) -> str:
+        """Send a SetChargingProfile payload (from ``adapters.ocpp.profiles``); its status."""
+        station = self._station(station_id)
+        if isinstance(station, _Station16):
+            request: Any = call16.SetChargingProfile(
+                connector_id=payload["connectorId"],
+                cs_charging_profiles=payload["csChargingProfiles"])
+        else:
+            module = call21 if isinstance(station, _Station21) else call201
+            request = module.SetChargingProfile(evse_id=payload["evseId"],
+                                                charging_profile=payload["chargingProfile"])
+        return await self._status(station, request)
+
+    async def get_composite_schedule(self, station_id: str, evse_number: int, duration_s: int,
+                                     rate_unit: str = "A") -> dict[str, Any] | None:
+        """The station's own view of what it will draw (read-back); None if it gave none."""
+        station = self._station(station_id)
+        if isinstance(station, _Station16):
+            request: Any = call16.GetCompositeSchedule(
+                connector_id=evse_number, duration=duration_s, charging_rate_unit=rate_unit)
+        else:
+            module = call21 if isinstance(station, _Station21) else call201
+            request = module.GetCompositeSchedule(duration=duration_s, evse_id=evse_number,
+                                                  charging_rate_unit=rate_unit)
+        try:
+            response = await asyncio.wait_for(station.call(request),
+                                              self.config.response_timeout_s)
+        except TimeoutError:
+            return None
+        if getattr(response, "status", None) != "Accepted":
+            return None
+        return {k: v for k, v in vars(response).items() if v is not None}
+
+    async def clear_charging_profile(self, station_id: str, profile_id: int) -> str:
+        station = self._station(station_id)
+        if isinstance(station, _Station16):
+            request: Any = call16.ClearChargingProfile(id=profile_id)
+        else:
+            module = call21 if isinstance(station, _Station21) else call201
+            request = module.ClearChargingProfile(charging_profile_id=profile_id)
+        return await self._status(station, request)
+
+    def _station(self, station_id: str) -> Any:
+        try:
+            return self.connected[station_id]
+        except KeyError:
+            raise LookupError(f"station {station_id!r} is not connected") from None
+
+    async def _status(self, station: Any, request: Any) -> str:
+        try:
+            response = await asyncio.wait_for(station.call(request),
+                                              self.config.response_timeout_s)
+        except TimeoutError:
+            return "Timeout"
+        return str(getattr(response, "status", "NoStatus"))
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _Station16(ChargePoint16):  # type: ignore[misc]
+    """An OCPP 1.6 station session."""
+
+    def __init__(self, station_id: str, connection: ServerConnection, csms: Csms) -> None:
+        super().__init__(station_id, connection, response_timeout=csms.config.response_timeout_s)
+        self.csms = csms
+
+    @on("BootNotification")
+    def on_boot(self, charge_point_vendor: str, charge_point_model: str,
+                **_: Any) -> Any:
+        return result16.BootNotification(current_time=_now(), status="Accepted",
+                                         interval=self.csms.config.heartbeat_interval_s)
+
+    @on("Heartbeat")
+    def on_heartbeat(self) -> Any:
+        return result16.Heartbeat(current_time=_now())
+
+    @on("StatusNotification")
+    def on_status(self, **_: Any) -> Any:
+        return result16.StatusNotification()
+
+    @on("Authorize")
+    def on_authorize(self, id_tag: str) -> Any:
+        status = "Accepted" if self.csms.authorized(id_tag) else "Invalid"
+        return result16.Authorize(id_tag_info={"status": status})
+
+    @on("StartTransaction")
+    def on_start(self, connector_id: int, id_tag: str, meter_start: int, timestamp: str,
+                 **_: Any) -> Any:
+        if not self.csms.authorized(id_tag):
+            return result16.StartTransaction(transaction_id=0,
+                                             id_tag_info={"status": "Invalid"})
+        tx = self.csms.start_transaction(self.id, connector_id)
+        self.csms.ingest(self.id, connector_id, tx, [{"timestamp": timestamp, "sampled_value": [
+            {"value": meter_start, "context": "Transaction.Begin", "unit": "Wh"}]}])
+        return result16.StartTransaction(transaction_id=int(tx),
+                                         id_tag_info={"status": "Accepted"})
+
+    @on("StopTransaction")
+    def on_stop(self, meter_stop: int, timestamp: str, transaction_id: int,
+                transaction_data: list[dict[str, Any]] | None = None, **_: Any) -> Any:
+        tx = str(transaction_id)
+        connector = next((c for (s, c), t in self.csms.transactions.items()
+                          if s == self.id and t == tx), 0)
+        self.csms.ingest(self.id, connector, tx, (transaction_data or []) + [
+            {"timestamp": timestamp, "sampled_value": [
+                {"value": meter_stop, "context": "Transaction.End", "unit": "Wh"}]}])
+        self.csms.transactions.pop((self.id, connector), None)
+        return result16.StopTransaction()
+
+    @on("MeterValues")
+    def on_meter_values(self, connector_id: int, meter_value: list[dict[str, Any]],
+                        transaction_id: int | None = None) -> Any:
+        tx = str(transaction_id) if transaction_id is not None else None
+        self.csms.ingest(self.id, connector_id, tx, meter_value)
+        return result16.MeterValues()
+
+
+def _station2x(base: type, results: Any, version: str) -> type:
+    """The 2.0.1 and 2.1 station sessions: the same handlers on each version's classes."""
+
+    class Station2x(base):  # type: ignore[misc]
+        def __init__(self, station_id: str, connection: ServerConnection, csms: Csms) -> None:
+            super().__init__(station_id, connection,
+                             response_timeout=csms.config.response_timeout_s)
+            self.csms = csms
+
+        async def _handle_call(self, msg: Any) -> None:
+            # ocpp 2.1.0 sends no reply at all to a 2.1 action without a handler: answer
+            # NotImplemented like 1.6 and 2.0.1 do
+            if msg.action not in self.route_map:
+                raise OcppNotImplemented(details={"cause": f"no handler for {msg.action}"})
+            await super()._handle_call(msg)
+
+        @on("BootNotification")
+        def on_boot(self, charging_station: dict[str, Any], reason: str, **_: Any) -> Any:
+            return results.BootNotification(current_time=_now(), status="Accepted",
+                                            interval=self.csms.config.heartbeat_interval_s)
+
+        @on("Heartbeat")
+        def on_heartbeat(self) -> Any:
+            return results.Heartbeat(current_time=_now())
+
+        @on("StatusNotification")
+        def on_status(self, **_: Any) -> Any:
+            return results.StatusNotification()
+
+        @on("Authorize")
+        def on_authorize(self, id_token: dict[str, Any], **_: Any) -> Any:
+            return results.Authorize(id_token_info=self._token_info(id_token))
+
+        def _token_info(self, id_token: dict[str, Any]) -> dict[str, str]:
+            accepted = self.csms.authorized(str(id_token.get("id_token", "")))
+            return {"status": "Accepted" if accepted else "Invalid"}
+
+        @on("TransactionEvent")
+        def on_transaction_event(self, event_type: str, timestamp: str, trigger_reason: str,
+                                 seq_no: int, transaction_info: dict[str, Any],
+                                 evse: dict[str, Any] | None = None,
+                                 meter_value: list[dict[str, Any]] | None = None,
+                                 id_token: dict[str, Any] | None = None, **_: Any) -> Any:
+            tx = str(transaction_info["transaction_id"])
+            number = int(evse["id"]) if evse else next(
+                (c for (s, c), t in self.csms.transactions.items()
+                 if s == self.id and t == tx), 0)
+            if event_type == "Started":
+                self.csms.start_transaction(self.id, number, tx)
+            if meter_value:
+                self.csms.ingest(self.id, number, tx, meter_value)
+            if event_type == "Ended":
+                self.csms.transactions.pop((self.id, number), None)
+            if id_token is not None:
+                return results.TransactionEvent(id_token_info=self._token_info(id_token))
+            return results.TransactionEvent()
+
+        @on("MeterValues")
+        def on_meter_values(self, evse_id: int, meter_value: list[dict[str, Any]]) -> Any:
+            self.csms.ingest(self.id, evse_id, self.csms.transactions.get((self.id, evse_id)),
+                             meter_value)
+            return results.MeterValues()
+
+        @on("NotifyEVChargingNeeds")
+        def on_needs(self, evse_id: int, charging_needs: dict[str, Any], **_: Any) -> Any:
+            departure = charging_needs.get("departure_time")
+            energy = (charging_needs.get("ac_charging_parameters")
+                      or charging_needs.get("dc_charging_parameters") or {})
+            self.csms.ev_needs[(self.id, evse_id)] = EvNeeds(
+                received_at=datetime.now(UTC),
+                departure=datetime.fromisoformat(departure.replace("Z", "+00:00"))
+                if departure else None,
+                energy_kwh=float(energy["energy_amount"]) / 1000.0
+                if "energy_amount" in energy else None,
+                raw=charging_needs)
+            return results.NotifyEVChargingNeeds(status="Accepted")
+
+    Station2x.__name__ = Station2x.__qualname__ = f"Station{version}"
+    return Station2x
+
+
+_Station201 = _station2x(ChargePoint201, result201, "201")
+_Station21 = _station2x(ChargePoint21, result21, "21")
+
+__all__ = ["Csms", "CsmsConfig", "EvNeeds", "MemorySink", "MeterSink", "StationConfig"]
