@@ -157,3 +157,47 @@ def allowed_power_kw(evse: Evse, payload: dict[str, Any], unit: RateUnit) -> lis
         else:
             allowed.append(from_rate(evse, float(period["limit"]), unit))
     return allowed
+
+
+def composite_power_kw(evse: Evse, composite: dict[str, Any], unit: RateUnit,
+                       interval: timedelta, n_intervals: int) -> list[float]:
+    """Per interval, the signed power a station's composite schedule (read-back) allows.
+
+    ``composite`` is the GetCompositeSchedule answer as the ocpp library gives it (snake
+    case; 1.6 under ``charging_schedule``, 2.x under ``schedule``).  Intervals the
+    schedule does not cover count as unlimited (``inf``).
+    """
+    schedule = composite.get("charging_schedule") or composite.get("schedule") or {}
+    periods = sorted(schedule.get("charging_schedule_period") or [],
+                     key=lambda period: float(period["start_period"]))
+    step_s = interval.total_seconds()
+    allowed: list[float] = []
+    for i in range(n_intervals):
+        moment = i * step_s
+        active = [period for period in periods if float(period["start_period"]) <= moment]
+        if not active:
+            allowed.append(float("inf"))
+            continue
+        period = active[-1]
+        if period.get("operation_mode") == "CentralSetpoint" and "setpoint" in period:
+            allowed.append(from_rate(evse, float(period["setpoint"]), unit))
+        else:
+            allowed.append(from_rate(evse, float(period["limit"]), unit))
+    return allowed
+
+
+def sent_power_kw(evse: Evse, payload: dict[str, Any], unit: RateUnit,
+                  interval: timedelta, n_intervals: int) -> list[float]:
+    """Per interval, the signed power a payload we built allows (``allowed_power_kw`` per
+    period, spread over the intervals)."""
+    if "csChargingProfiles" in payload:
+        periods = payload["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"]
+    else:
+        periods = payload["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"]
+    per_period = allowed_power_kw(evse, payload, unit)
+    step_s = interval.total_seconds()
+    out: list[float] = []
+    for i in range(n_intervals):
+        index = max(j for j, period in enumerate(periods) if period["startPeriod"] <= i * step_s)
+        out.append(per_period[index])
+    return out

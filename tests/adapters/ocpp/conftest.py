@@ -26,20 +26,39 @@ from ocpp.v201 import call_result as r201
 from websockets.asyncio.client import connect
 
 
+def _refuses(mode: str, periods: list[dict[str, Any]]) -> bool:
+    """A "reject" station refuses every profile that is not all zero."""
+    return mode == "reject" and any(float(p.get("limit", 0)) != 0 or float(
+        p.get("setpoint", 0)) != 0 for p in periods)
+
+
+def _as_applied(mode: str, schedule: dict[str, Any]) -> list[dict[str, Any]]:
+    """The periods the station will really use: an "ignore" station stays at 32 A."""
+    if mode == "ignore":
+        return [{"start_period": 0, "limit": 32.0}]
+    periods: list[dict[str, Any]] = schedule["charging_schedule_period"]
+    return periods
+
+
 class Station16(Cp16):  # type: ignore[misc]
     """A 1.6 charge point that accepts profiles and reports them back."""
 
     profiles: list[dict[str, Any]]
+    mode = "follow"
 
     @on("SetChargingProfile")
     def on_set(self, connector_id: int, cs_charging_profiles: dict[str, Any]) -> Any:
         # ocpp's 1.6 module hands numbers over as Decimal, which it cannot send back
-        self.profiles.append(json.loads(json.dumps(cs_charging_profiles, default=float)))
+        profile = json.loads(json.dumps(cs_charging_profiles, default=float))
+        if _refuses(self.mode, profile["charging_schedule"]["charging_schedule_period"]):
+            return r16.SetChargingProfile(status="Rejected")
+        self.profiles.append(profile)
         return r16.SetChargingProfile(status="Accepted")
 
     @on("GetCompositeSchedule")
     def on_composite(self, connector_id: int, duration: int, **_: Any) -> Any:
-        schedule = self.profiles[-1]["charging_schedule"]
+        schedule = dict(self.profiles[-1]["charging_schedule"])
+        schedule["charging_schedule_period"] = _as_applied(self.mode, schedule)
         return r16.GetCompositeSchedule(status="Accepted", connector_id=connector_id,
                                         charging_schedule=schedule)
 
@@ -52,9 +71,13 @@ class Station16(Cp16):  # type: ignore[misc]
 def _station2x(base: type, results: Any) -> type:
     class Station(base):  # type: ignore[misc, valid-type]
         profiles: list[dict[str, Any]]
+        mode = "follow"
 
         @on("SetChargingProfile")
         def on_set(self, evse_id: int, charging_profile: dict[str, Any], **_: Any) -> Any:
+            periods = charging_profile["charging_schedule"][0]["charging_schedule_period"]
+            if _refuses(self.mode, periods):
+                return results.SetChargingProfile(status="Rejected")
             self.profiles.append(charging_profile)
             return results.SetChargingProfile(status="Accepted")
 
@@ -65,7 +88,7 @@ def _station2x(base: type, results: Any) -> type:
                 "evse_id": evse_id, "duration": duration,
                 "schedule_start": schedule["start_schedule"],
                 "charging_rate_unit": schedule["charging_rate_unit"],
-                "charging_schedule_period": schedule["charging_schedule_period"]})
+                "charging_schedule_period": _as_applied(self.mode, schedule)})
 
         @on("ClearChargingProfile")
         def on_clear(self, **_: Any) -> Any:

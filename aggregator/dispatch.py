@@ -1,0 +1,120 @@
+"""Send a ``Schedule`` to the stations as OCPP profiles, check they follow, fall back if not.
+
+Per EVSE: a TxProfile for the running transaction (TxDefaultProfile when there is none),
+one stable profile id and stack level per EVSE and purpose (a new plan replaces the old
+one).  After an accepted profile the station's composite schedule is read back: a
+station that accepts but plans more than it was sent is reported as not following.  A
+rejected profile is retried in the other rate unit, then replaced by a zero-power
+profile, the one fallback that can never break a grid limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pandas as pd
+
+from adapters.ocpp.csms import Csms
+from adapters.ocpp.profiles import (
+    ProfileError,
+    ProfileRequest,
+    RateUnit,
+    composite_power_kw,
+    sent_power_kw,
+    set_charging_profile,
+)
+from aggregator.model import Evse, Schedule
+
+STACK_LEVEL = 1
+FOLLOW_TOLERANCE_KW = 0.05
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What happened to one EVSE's profile."""
+
+    evse_id: str
+    station_id: str | None
+    status: str  # the station's answer to the plan, or NotConnected / NotMapped / Invalid
+    follows: bool  # accepted and (when checked) the read-back stays within the plan
+    fallback: str | None = None  # "other-unit" or "zero" when the plan itself was refused
+    detail: str = ""
+
+
+def profile_id(station_id: str, evse_number: int, purpose: str) -> int:
+    """A stable id per station, EVSE and purpose, so a new plan replaces the last one."""
+    return evse_number * 10 + (1 if purpose == "TxProfile" else 2)
+
+
+async def dispatch(csms: Csms, schedule: Schedule, evses: Mapping[str, Evse], *,
+                   rate_unit: RateUnit = "A", verify: bool = True) -> list[Delivery]:
+    """Push every EVSE's planned power to its station (concurrently) and report."""
+    where: dict[str, tuple[str, int]] = {
+        evse_id: (station.station_id, number)
+        for station in csms.config.stations for number, evse_id in station.evses.items()}
+    jobs = [_deliver(csms, schedule, evses[evse_id], where.get(evse_id), rate_unit, verify)
+            for evse_id in schedule.power_kw.columns]
+    return list(await asyncio.gather(*jobs))
+
+
+async def _deliver(csms: Csms, schedule: Schedule, evse: Evse,
+                   location: tuple[str, int] | None, unit: RateUnit,
+                   verify: bool) -> Delivery:
+    if location is None:
+        return Delivery(evse.evse_id, None, "NotMapped", False,
+                        detail="no station lists this EVSE")
+    station_id, number = location
+    if station_id not in csms.connected:
+        return Delivery(evse.evse_id, station_id, "NotConnected", False)
+    transaction = csms.transactions.get((station_id, number))
+    purpose = "TxProfile" if transaction is not None else "TxDefaultProfile"
+    planned = schedule.power_kw[evse.evse_id]
+
+    def request(power: pd.Series, rate: RateUnit) -> ProfileRequest:
+        return ProfileRequest(evse=evse, power_kw=power, interval=schedule.interval,
+                              profile_id=profile_id(station_id, number, purpose),
+                              stack_level=STACK_LEVEL, evse_number=number,
+                              purpose=purpose,  # type: ignore[arg-type]
+                              transaction_id=transaction, rate_unit=rate)
+
+    try:
+        payload = set_charging_profile(request(planned, unit))
+    except ProfileError as err:
+        return Delivery(evse.evse_id, station_id, "Invalid", False, detail=str(err))
+    status = await csms.set_charging_profile(station_id, payload)
+    if status == "Accepted":
+        if not verify:
+            return Delivery(evse.evse_id, station_id, status, True)
+        follows, detail = await _read_back(csms, station_id, number, evse, payload, unit,
+                                           schedule)
+        return Delivery(evse.evse_id, station_id, status, follows, detail=detail)
+    other: RateUnit = "W" if unit == "A" else "A"
+    retry = await csms.set_charging_profile(station_id,
+                                            set_charging_profile(request(planned, other)))
+    if retry == "Accepted":
+        return Delivery(evse.evse_id, station_id, status, False, fallback="other-unit",
+                        detail=f"plan refused in {unit}, accepted in {other}")
+    zero = set_charging_profile(request(planned * 0.0, unit))
+    last = await csms.set_charging_profile(station_id, zero)
+    return Delivery(evse.evse_id, station_id, status, False, fallback="zero",
+                    detail=f"plan refused ({status}, {retry}); zero profile: {last}")
+
+
+async def _read_back(csms: Csms, station_id: str, number: int, evse: Evse,
+                     payload: dict[str, object], unit: RateUnit,
+                     schedule: Schedule) -> tuple[bool, str]:
+    n = len(schedule.power_kw)
+    duration_s = int(n * schedule.interval.total_seconds())
+    composite = await csms.get_composite_schedule(station_id, number, duration_s, unit)
+    if composite is None:
+        return False, "no composite schedule read back"
+    sent = sent_power_kw(evse, payload, unit, schedule.interval, n)
+    applied = composite_power_kw(evse, composite, unit, schedule.interval, n)
+    # outside the plan: more charging than sent, or more discharging than sent
+    over = [i for i, (a, s) in enumerate(zip(applied, sent, strict=True))
+            if a > max(s, 0.0) + FOLLOW_TOLERANCE_KW or a < min(s, 0.0) - FOLLOW_TOLERANCE_KW]
+    if over:
+        return False, f"station plans beyond what it was sent in intervals {over[:8]}"
+    return True, ""

@@ -1,0 +1,85 @@
+"""Dispatching a schedule to real ocpp-library stations: follow, ignore, refuse, fall back."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+from ocpp.v201 import call as c201
+
+from adapters.ocpp.csms import Csms
+from aggregator.dispatch import dispatch, profile_id
+from aggregator.model import Evse, Schedule
+from tests.adapters.ocpp.test_csms import EVSES, boot, now, run, station, until
+
+T0 = datetime(2026, 11, 20, 16, tzinfo=UTC)
+STEP = timedelta(minutes=15)
+
+
+def schedule(columns: dict[str, list[float]]) -> Schedule:
+    index = pd.date_range(T0, periods=4, freq=STEP, tz="UTC")
+    power = pd.DataFrame(columns, index=index)
+    return Schedule(power_kw=power, session_power_kw=power.copy(), soc=power * 0 + 0.5,
+                    unmet_kwh=pd.Series(0.0, index=power.columns), interval=STEP,
+                    objective=0.0, status="optimal", solver_stats={})
+
+
+PLAN = {"A-09": [11.0, 7.4, 0.0, 0.0], "A-01": [5.0, 5.0, 5.0, 5.0],
+        "A-11": [7.0, -7.0, -7.0, 0.0]}
+EVSE_BY_ID = {evse.evse_id: evse for evse in EVSES.values()}
+
+
+def test_followers_ignorers_and_refusers_are_told_apart() -> None:
+    results: dict[str, object] = {}
+
+    async def body(csms: Csms, url: str) -> None:
+        async with station(url, "CS16", "ocpp1.6", password="pw-16") as cs16, \
+                station(url, "CS201", "ocpp2.0.1", password="pw-201") as cs201, \
+                station(url, "CS21", "ocpp2.1", password="pw-21") as cs21:
+            cs201.mode = "ignore"  # accepts, then keeps drawing 32 A
+            cs21.mode = "reject"  # refuses any profile that is not all zero
+            for cp, protocol in ((cs16, "ocpp1.6"), (cs201, "ocpp2.0.1"), (cs21, "ocpp2.1")):
+                await boot(cp, protocol)
+            await until(lambda: len(csms.connected) == 3)
+            deliveries = await dispatch(csms, schedule(PLAN), EVSE_BY_ID)
+            results.update({d.evse_id: d for d in deliveries})
+            results["cs16_profile"] = cs16.profiles[-1]
+            results["cs21_profiles"] = list(cs21.profiles)
+
+    run(body)
+    follow, ignore, refuse = results["A-09"], results["A-01"], results["A-11"]
+    assert (follow.status, follow.follows, follow.fallback) == ("Accepted", True, None)
+    assert (ignore.status, ignore.follows) == ("Accepted", False)
+    assert "beyond what it was sent" in ignore.detail
+    assert (refuse.status, refuse.follows, refuse.fallback) == ("Rejected", False, "zero")
+    zero = results["cs21_profiles"][-1]["charging_schedule"][0]["charging_schedule_period"]
+    assert all(float(p["limit"]) == 0.0 for p in zero)
+    sent16 = results["cs16_profile"]
+    assert sent16["charging_profile_purpose"] == "TxDefaultProfile"  # no transaction yet
+    assert sent16["charging_profile_id"] == profile_id("CS16", 1, "TxDefaultProfile")
+
+
+def test_running_transaction_gets_a_tx_profile_and_unknown_evses_are_reported() -> None:
+    results: dict[str, object] = {}
+
+    async def body(csms: Csms, url: str) -> None:
+        async with station(url, "CS201", "ocpp2.0.1", password="pw-201") as cp:
+            await boot(cp, "ocpp2.0.1")
+            await cp.call(c201.TransactionEvent(
+                event_type="Started", timestamp=now(), trigger_reason="Authorized", seq_no=0,
+                transaction_info={"transaction_id": "tx-77"}, evse={"id": 1}))
+            await until(lambda: ("CS201", 1) in csms.transactions)
+            stray = Evse("Z-01", "site-z", 11.0)  # no station lists it
+            deliveries = await dispatch(csms, schedule({**PLAN, "Z-01": [1.0] * 4}),
+                                        {**EVSE_BY_ID, "Z-01": stray})
+            results.update({d.evse_id: d for d in deliveries})
+            results["profile"] = cp.profiles[-1]
+
+    run(body)
+    assert results["A-01"].follows is True  # type: ignore[attr-defined]
+    profile = results["profile"]
+    assert profile["charging_profile_purpose"] == "TxProfile"  # type: ignore[index]
+    assert profile["transaction_id"] == "tx-77"  # type: ignore[index]
+    assert results["A-09"].status == "NotConnected"  # type: ignore[attr-defined]
+    assert results["A-11"].status == "NotConnected"  # type: ignore[attr-defined]
+    assert results["Z-01"].status == "NotMapped"  # type: ignore[attr-defined]
