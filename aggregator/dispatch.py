@@ -2,10 +2,10 @@
 
 Per EVSE: a TxProfile for the running transaction (TxDefaultProfile when there is none),
 one stable profile id and stack level per EVSE and purpose (a new plan replaces the old
-one).  After an accepted profile the station's composite schedule is read back: a
-station that accepts but plans more than it was sent is reported as not following.  A
-rejected profile is retried in the other rate unit, then replaced by a zero-power
-profile, the one fallback that can never break a grid limit.
+one); a timeout is retried once.  After an accepted profile the station's composite
+schedule is read back: a station that accepts but plans more than it was sent is
+reported as not following.  A refused plan is retried in the other rate unit, then
+replaced by a zero-power profile, the one fallback that can never break a grid limit.
 """
 
 from __future__ import annotations
@@ -84,6 +84,8 @@ async def _deliver(csms: Csms, schedule: Schedule, evse: Evse,
     except ProfileError as err:
         return Delivery(evse.evse_id, station_id, "Invalid", False, detail=str(err))
     status = await csms.set_charging_profile(station_id, payload)
+    if status == "Timeout":  # one more try before treating the plan as refused
+        status = await csms.set_charging_profile(station_id, payload)
     if status == "Accepted":
         if not verify:
             return Delivery(evse.evse_id, station_id, status, True)

@@ -24,7 +24,7 @@ from http import HTTPStatus
 from typing import Any, Literal, Protocol
 
 from ocpp.exceptions import NotImplementedError as OcppNotImplemented
-from ocpp.routing import on
+from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint as ChargePoint16
 from ocpp.v16 import call as call16
 from ocpp.v16 import call_result as result16
@@ -114,6 +114,8 @@ class Csms:
         self._server: Server | None = None
         self._drain_task: asyncio.Task[None] | None = None
         self._next_tx = 1
+        self.tx_profiles: dict[tuple[str, int], set[int]] = {}  # TxProfile ids sent per EVSE
+        self.cleared: list[tuple[str, int, int, str]] = []  # (station, evse, id, status)
 
     # -- server lifecycle ------------------------------------------------------------------
     async def start(self) -> int:
@@ -232,14 +234,28 @@ class Csms:
         """Send a SetChargingProfile payload (from ``adapters.ocpp.profiles``); its status."""
         station = self._station(station_id)
         if isinstance(station, _Station16):
-            request: Any = call16.SetChargingProfile(
-                connector_id=payload["connectorId"],
-                cs_charging_profiles=payload["csChargingProfiles"])
+            number, profile = payload["connectorId"], payload["csChargingProfiles"]
+            request: Any = call16.SetChargingProfile(connector_id=number,
+                                                     cs_charging_profiles=profile)
+            profile_id = profile["chargingProfileId"]
         else:
             module = call21 if isinstance(station, _Station21) else call201
-            request = module.SetChargingProfile(evse_id=payload["evseId"],
-                                                charging_profile=payload["chargingProfile"])
-        return await self._status(station, request)
+            number, profile = payload["evseId"], payload["chargingProfile"]
+            request = module.SetChargingProfile(evse_id=number, charging_profile=profile)
+            profile_id = profile["id"]
+        status = await self._status(station, request)
+        if status == "Accepted" and profile["chargingProfilePurpose"] == "TxProfile":
+            self.tx_profiles.setdefault((station_id, number), set()).add(int(profile_id))
+        return status
+
+    async def clear_after_transaction(self, station_id: str, evse_number: int) -> None:
+        """At session end, clear the TxProfiles sent for that EVSE (and say so)."""
+        for profile_id in sorted(self.tx_profiles.pop((station_id, evse_number), set())):
+            try:
+                status = await self.clear_charging_profile(station_id, profile_id)
+            except LookupError:
+                status = "NotConnected"
+            self.cleared.append((station_id, evse_number, profile_id, status))
 
     async def get_composite_schedule(self, station_id: str, evse_number: int, duration_s: int,
                                      rate_unit: str = "A") -> dict[str, Any] | None:
@@ -295,6 +311,7 @@ class _Station16(ChargePoint16):  # type: ignore[misc]
     def __init__(self, station_id: str, connection: ServerConnection, csms: Csms) -> None:
         super().__init__(station_id, connection, response_timeout=csms.config.response_timeout_s)
         self.csms = csms
+        self._ended = 0  # connector of the transaction that just stopped
 
     @on("BootNotification")
     def on_boot(self, charge_point_vendor: str, charge_point_model: str,
@@ -337,7 +354,12 @@ class _Station16(ChargePoint16):  # type: ignore[misc]
             {"timestamp": timestamp, "sampled_value": [
                 {"value": meter_stop, "context": "Transaction.End", "unit": "Wh"}]}])
         self.csms.transactions.pop((self.id, connector), None)
+        self._ended = connector
         return result16.StopTransaction()
+
+    @after("StopTransaction")
+    async def after_stop(self, **_: Any) -> None:
+        await self.csms.clear_after_transaction(self.id, self._ended)
 
     @on("MeterValues")
     def on_meter_values(self, connector_id: int, meter_value: list[dict[str, Any]],
@@ -355,6 +377,7 @@ def _station2x(base: type, results: Any, version: str) -> type:
             super().__init__(station_id, connection,
                              response_timeout=csms.config.response_timeout_s)
             self.csms = csms
+            self._ended = 0  # EVSE of the transaction that just ended
 
         async def _handle_call(self, msg: Any) -> None:
             # ocpp 2.1.0 sends no reply at all to a 2.1 action without a handler: answer
@@ -400,9 +423,15 @@ def _station2x(base: type, results: Any, version: str) -> type:
                 self.csms.ingest(self.id, number, tx, meter_value)
             if event_type == "Ended":
                 self.csms.transactions.pop((self.id, number), None)
+                self._ended = number
             if id_token is not None:
                 return results.TransactionEvent(id_token_info=self._token_info(id_token))
             return results.TransactionEvent()
+
+        @after("TransactionEvent")
+        async def after_transaction_event(self, event_type: str, **_: Any) -> None:
+            if event_type == "Ended":
+                await self.csms.clear_after_transaction(self.id, self._ended)
 
         @on("MeterValues")
         def on_meter_values(self, evse_id: int, meter_value: list[dict[str, Any]]) -> Any:

@@ -1,5 +1,9 @@
 """A planned EVSE power series as an OCPP SetChargingProfile request (1.6, 2.0.1, 2.1).
 
+The same encoder writes a station-wide cap (ChargePointMaxProfile in 1.6,
+ChargingStationMaxProfile in 2.x, to connector/EVSE 0): there the minimum current does
+not apply (the station shares the cap among its EVSEs) and nothing is negative.
+
 Encoding rules, never decisions:
 - limits are rounded *down* to 0.1 of the rate unit, so a profile never allows more
   than the plan (nor discharges more than planned);
@@ -21,7 +25,11 @@ import pandas as pd
 from aggregator.model import Evse, OcppVersion, require_utc
 
 RateUnit = Literal["A", "W"]
-Purpose = Literal["TxProfile", "TxDefaultProfile"]
+Purpose = Literal["TxProfile", "TxDefaultProfile", "ChargePointMaxProfile",
+                  "ChargingStationMaxProfile"]
+MAX_PURPOSES = {OcppVersion.V16: "ChargePointMaxProfile",
+                OcppVersion.V201: "ChargingStationMaxProfile",
+                OcppVersion.V21: "ChargingStationMaxProfile"}
 TOLERANCE_KW = 1e-6
 
 
@@ -57,12 +65,13 @@ def _round_down(value: float) -> float:
     return math.floor(round(value * 10.0, 6)) / 10.0
 
 
-def to_rate(evse: Evse, power_kw: float, unit: RateUnit) -> float:
-    """A charging power (kW, >= 0) in the rate unit, rounded down, minimum current honoured."""
+def to_rate(evse: Evse, power_kw: float, unit: RateUnit, *, minimum: bool = True) -> float:
+    """A charging power (kW, >= 0) in the rate unit, rounded down; with ``minimum`` a
+    current below the EVSE's minimum becomes 0."""
     if unit == "W":
         return _round_down(power_kw * 1000.0)
     current_a = _round_down(power_kw * 1000.0 / (evse.phases * evse.voltage_v))
-    return current_a if current_a >= evse.min_current_a else 0.0
+    return current_a if not minimum or current_a >= evse.min_current_a else 0.0
 
 
 def from_rate(evse: Evse, value: float, unit: RateUnit) -> float:
@@ -75,6 +84,7 @@ def from_rate(evse: Evse, value: float, unit: RateUnit) -> float:
 def _periods(request: ProfileRequest) -> list[dict[str, Any]]:
     evse, unit = request.evse, request.rate_unit
     version = evse.ocpp_version
+    station_cap = request.purpose in MAX_PURPOSES.values()  # shared by the station's EVSEs
     step_s = int(request.interval.total_seconds())
     periods: list[dict[str, Any]] = []
     for position, power in enumerate(request.power_kw.to_numpy(dtype=float)):
@@ -82,6 +92,9 @@ def _periods(request: ProfileRequest) -> list[dict[str, Any]]:
             raise ProfileError(f"power_kw: not a number at interval {position}")
         period: dict[str, Any] = {"startPeriod": position * step_s}
         if power < -TOLERANCE_KW:
+            if station_cap:
+                raise ProfileError(f"power_kw: a station cap cannot be negative "
+                                   f"({power:.3f} kW at interval {position})")
             if version is not OcppVersion.V21 or not evse.can_discharge:
                 raise ProfileError(f"power_kw: EVSE {evse.evse_id!r} cannot discharge (OCPP "
                                    f"{version.value}, v2g_capable={evse.v2g_capable}), but "
@@ -90,8 +103,8 @@ def _periods(request: ProfileRequest) -> list[dict[str, Any]]:
             period.update(operationMode="CentralSetpoint", setpoint=-magnitude,
                           dischargeLimit=-magnitude, limit=0.0)
         else:
-            period["limit"] = to_rate(evse, max(power, 0.0), unit)
-            if version is OcppVersion.V21 and evse.can_discharge:
+            period["limit"] = to_rate(evse, max(power, 0.0), unit, minimum=not station_cap)
+            if version is OcppVersion.V21 and evse.can_discharge and not station_cap:
                 period["operationMode"] = "ChargingOnly"
         if unit == "A":
             period["numberPhases"] = evse.phases
@@ -113,11 +126,18 @@ def set_charging_profile(request: ProfileRequest) -> dict[str, Any]:
         raise ProfileError("stack_level: must be >= 0 and profile_id >= 1")
     if request.purpose == "TxProfile" and request.transaction_id is None:
         raise ProfileError("transaction_id: a TxProfile needs the running transaction")
+    version = request.evse.ocpp_version
+    if request.purpose in MAX_PURPOSES.values():
+        if request.purpose != MAX_PURPOSES[version]:
+            raise ProfileError(f"purpose: OCPP {version.value} calls the station cap "
+                               f"{MAX_PURPOSES[version]}")
+        if request.evse_number != 0 or request.transaction_id is not None:
+            raise ProfileError("evse_number: a station cap goes to EVSE/connector 0, "
+                               "without a transaction")
     start = require_utc(index[0].to_pydatetime(), "power_kw")
     duration_s = int(len(index) * request.interval.total_seconds())
     valid_to = start + timedelta(seconds=duration_s)
     periods = _periods(request)
-    version = request.evse.ocpp_version
     if version is OcppVersion.V16:
         schedule16: dict[str, Any] = {
             "duration": duration_s, "startSchedule": _utc(start),

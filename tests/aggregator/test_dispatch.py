@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
+from ocpp.v16 import call as c16
 from ocpp.v201 import call as c201
 
 from adapters.ocpp.csms import Csms
@@ -74,8 +75,16 @@ def test_running_transaction_gets_a_tx_profile_and_unknown_evses_are_reported() 
                                         {**EVSE_BY_ID, "Z-01": stray})
             results.update({d.evse_id: d for d in deliveries})
             results["profile"] = cp.profiles[-1]
+            await cp.call(c201.TransactionEvent(  # the session ends: its TxProfile goes
+                event_type="Ended", timestamp=now(), trigger_reason="EVDeparted", seq_no=1,
+                transaction_info={"transaction_id": "tx-77"}, evse={"id": 1}))
+            await until(lambda: bool(csms.cleared))
+            results["left"] = list(cp.profiles)
+            results["cleared"] = list(csms.cleared)
 
     run(body)
+    assert results["cleared"] == [("CS201", 1, profile_id("CS201", 1, "TxProfile"), "Accepted")]
+    assert results["left"] == []
     assert results["A-01"].follows is True  # type: ignore[attr-defined]
     profile = results["profile"]
     assert profile["charging_profile_purpose"] == "TxProfile"  # type: ignore[index]
@@ -83,3 +92,22 @@ def test_running_transaction_gets_a_tx_profile_and_unknown_evses_are_reported() 
     assert results["A-09"].status == "NotConnected"  # type: ignore[attr-defined]
     assert results["A-11"].status == "NotConnected"  # type: ignore[attr-defined]
     assert results["Z-01"].status == "NotMapped"  # type: ignore[attr-defined]
+
+
+def test_ocpp16_stop_transaction_clears_the_tx_profile() -> None:
+    results: dict[str, object] = {}
+
+    async def body(csms: Csms, url: str) -> None:
+        async with station(url, "CS16", "ocpp1.6", password="pw-16") as cp:
+            await boot(cp, "ocpp1.6")
+            started = await cp.call(c16.StartTransaction(connector_id=1, id_tag="T",
+                                                         meter_start=0, timestamp=now()))
+            await dispatch(csms, schedule({"A-09": PLAN["A-09"]}), EVSE_BY_ID)
+            assert cp.profiles[-1]["charging_profile_purpose"] == "TxProfile"
+            await cp.call(c16.StopTransaction(meter_stop=100, timestamp=now(),
+                                              transaction_id=started.transaction_id))
+            await until(lambda: bool(csms.cleared))
+            results["cleared"] = list(csms.cleared)
+
+    run(body)
+    assert results["cleared"] == [("CS16", 1, profile_id("CS16", 1, "TxProfile"), "Accepted")]

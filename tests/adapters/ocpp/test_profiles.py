@@ -182,3 +182,28 @@ def test_every_evse_of_the_demo_plan_gets_a_valid_profile_within_its_plan() -> N
         assert within.all(), f"{evse.evse_id}: profile allows more than the plan"
         discharging += int((sent < 0).sum())
     assert discharging > 0  # the demo's V2G EVSEs do discharge, on OCPP 2.1
+
+
+@pytest.mark.parametrize(("evse", "purpose"), [(AC16, "ChargePointMaxProfile"),
+                                               (AC201, "ChargingStationMaxProfile"),
+                                               (V2G21, "ChargingStationMaxProfile")])
+def test_station_cap_profiles(evse: Evse, purpose: str) -> None:
+    payload = set_charging_profile(request(evse, [30.0, 3.0], evse_number=0, purpose=purpose,
+                                           transaction_id=None))
+    assert_schema_valid(evse, payload)
+    periods = (payload["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"]
+               if evse is AC16 else
+               payload["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"])
+    # 30 kW -> 43.4 A; 3 kW -> 4.3 A kept (no per-EVSE minimum on a station-wide cap)
+    assert [p["limit"] for p in periods] == [43.4, 4.3]
+    assert all("operationMode" not in p for p in periods)
+    with pytest.raises(ProfileError, match="power_kw: a station cap cannot be negative"):
+        set_charging_profile(request(evse, [-1.0], evse_number=0, purpose=purpose,
+                                     transaction_id=None))
+    with pytest.raises(ProfileError, match="evse_number"):
+        set_charging_profile(request(evse, [1.0], evse_number=1, purpose=purpose,
+                                     transaction_id=None))
+    wrong = "ChargingStationMaxProfile" if evse is AC16 else "ChargePointMaxProfile"
+    with pytest.raises(ProfileError, match="purpose"):
+        set_charging_profile(request(evse, [1.0], evse_number=0, purpose=wrong,
+                                     transaction_id=None))
