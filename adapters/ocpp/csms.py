@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any, Literal, Protocol
 
+from ocpp.exceptions import FormatViolationError
 from ocpp.exceptions import NotImplementedError as OcppNotImplemented
 from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint as ChargePoint16
@@ -37,7 +38,7 @@ from ocpp.v201 import call_result as result201
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from adapters.ocpp.meter import parse_meter_values
+from adapters.ocpp.meter import parse_meter_values, parse_utc
 from aggregator.model import MeterSample
 
 log = logging.getLogger("gridflex.ocpp")
@@ -305,8 +306,18 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _utc(value: Any, path: str) -> datetime:
+    """A date-time field from a station, or a FormatViolation naming it (ocpp never checks
+    date-time formats itself)."""
+    try:
+        return parse_utc(value, path)
+    except ValueError as err:
+        raise FormatViolationError(details={"cause": str(err)}) from None
+
+
 class _Station16(ChargePoint16):  # type: ignore[misc]
     """An OCPP 1.6 station session."""
+
 
     def __init__(self, station_id: str, connection: ServerConnection, csms: Csms) -> None:
         super().__init__(station_id, connection, response_timeout=csms.config.response_timeout_s)
@@ -446,8 +457,8 @@ def _station2x(base: type, results: Any, version: str) -> type:
                       or charging_needs.get("dc_charging_parameters") or {})
             self.csms.ev_needs[(self.id, evse_id)] = EvNeeds(
                 received_at=datetime.now(UTC),
-                departure=datetime.fromisoformat(departure.replace("Z", "+00:00"))
-                if departure else None,
+                departure=_utc(departure, "charging_needs.departure_time")
+                if departure is not None else None,
                 energy_kwh=float(energy["energy_amount"]) / 1000.0
                 if "energy_amount" in energy else None,
                 raw=charging_needs)

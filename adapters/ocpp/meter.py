@@ -18,7 +18,8 @@ _SCALE = {"Wh": 1.0, "kWh": 1000.0, "W": 1.0, "kW": 1000.0, "Percent": 1.0}
 _UNITS = {"Wh": ("Wh", "kWh"), "W": ("W", "kW"), "Percent": ("Percent",)}  # by normal unit
 
 
-def _timestamp(value: Any, path: str) -> datetime:
+def parse_utc(value: Any, path: str) -> datetime:
+    """An ISO 8601 date-time with an offset, as UTC; ``ValueError`` names ``path``."""
     if not isinstance(value, str):
         raise ValueError(f"{path}: expected an ISO 8601 date-time, got {value!r}")
     try:
@@ -41,7 +42,7 @@ def parse_meter_values(meter_values: Any, *, station_id: str, evse_number: int,
     for i, entry in enumerate(meter_values):
         base = f"meter_value[{i}]"
         try:
-            measured_at = _timestamp(entry.get("timestamp") if isinstance(entry, dict) else None,
+            measured_at = parse_utc(entry.get("timestamp") if isinstance(entry, dict) else None,
                                      f"{base}.timestamp")
         except ValueError as err:
             errors.append(str(err))

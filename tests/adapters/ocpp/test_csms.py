@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from ocpp.exceptions import FormatViolationError
 from ocpp.exceptions import NotImplementedError as OcppNotImplemented
 from ocpp.v16 import call as c16
 from ocpp.v21 import call as c21
@@ -288,3 +289,19 @@ def test_security_profile_3_mutual_tls_checks_the_station_name(tmp_path: Path) -
                 pass
 
     run(body, security_profile=3, ssl_context=server)
+
+
+def test_malformed_date_time_is_refused_and_the_station_stays_connected() -> None:
+    # ocpp never checks date-time formats: the CSMS refuses a bad one naming the field
+    async def body(csms: Csms, url: str) -> None:
+        async with station(url, "CS201", "ocpp2.0.1", password="pw-201") as cp:
+            await boot(cp, "ocpp2.0.1")
+            with pytest.raises(FormatViolationError, match="departure_time"):
+                await cp.call(c201.NotifyEVChargingNeeds(evse_id=1, charging_needs={
+                    "requested_energy_transfer": "AC_three_phase",
+                    "departure_time": "tomorrow-ish"}), suppress=False)
+            reply = await cp.call(c201.Heartbeat())  # the same session goes on
+            assert reply.current_time.endswith("Z")
+            assert "CS201" in csms.connected
+
+    run(body)
