@@ -49,12 +49,14 @@ def profile_id(station_id: str, evse_number: int, purpose: str) -> int:
 
 
 async def dispatch(csms: Csms, schedule: Schedule, evses: Mapping[str, Evse], *,
-                   rate_unit: RateUnit = "A", verify: bool = True) -> list[Delivery]:
+                   verify: bool = True) -> list[Delivery]:
     """Push every EVSE's planned power to its station (concurrently) and report."""
     where: dict[str, tuple[str, int]] = {
         evse_id: (station.station_id, number)
         for station in csms.config.stations for number, evse_id in station.evses.items()}
-    jobs = [_deliver(csms, schedule, evses[evse_id], where.get(evse_id), rate_unit, verify)
+    units = {station.station_id: station.rate_unit for station in csms.config.stations}
+    jobs = [_deliver(csms, schedule, evses[evse_id], where.get(evse_id),
+                     units.get(where[evse_id][0], "A") if evse_id in where else "A", verify)
             for evse_id in schedule.power_kw.columns]
     return list(await asyncio.gather(*jobs))
 

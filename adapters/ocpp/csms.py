@@ -66,11 +66,12 @@ class MemorySink:
 
 @dataclass(frozen=True)
 class StationConfig:
-    """A station allowed to connect: its password (profiles 1, 2) and EVSE numbering."""
+    """A station allowed to connect: its password (profiles 1, 2), EVSE numbering, unit."""
 
     station_id: str
     password: str | None = None
     evses: dict[int, str] = field(default_factory=dict)  # OCPP EVSE/connector -> EVSE id
+    rate_unit: Literal["A", "W"] = "A"  # A (with phases) for AC stations, W for DC
 
 
 @dataclass(frozen=True)

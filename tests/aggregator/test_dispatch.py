@@ -111,3 +111,26 @@ def test_ocpp16_stop_transaction_clears_the_tx_profile() -> None:
 
     run(body)
     assert results["cleared"] == [("CS16", 1, profile_id("CS16", 1, "TxProfile"), "Accepted")]
+
+
+def test_each_station_gets_its_own_rate_unit() -> None:
+    from dataclasses import replace
+
+    from tests.adapters.ocpp.test_csms import STATIONS
+
+    dc = tuple(replace(s, rate_unit="W") if s.station_id == "CS201" else s for s in STATIONS)
+    results: dict[str, object] = {}
+
+    async def body(csms: Csms, url: str) -> None:
+        async with station(url, "CS201", "ocpp2.0.1", password="pw-201") as cp:
+            await boot(cp, "ocpp2.0.1")
+            await until(lambda: "CS201" in csms.connected)
+            delivery = (await dispatch(csms, schedule({"A-01": [5.0] * 4}), EVSE_BY_ID))[0]
+            results["delivery"] = delivery
+            results["schedule"] = cp.profiles[-1]["charging_schedule"][0]
+
+    run(body, stations=dc)
+    assert results["delivery"].follows is True  # type: ignore[attr-defined]
+    sent = results["schedule"]
+    assert sent["charging_rate_unit"] == "W"  # type: ignore[index]
+    assert sent["charging_schedule_period"][0]["limit"] == 5000.0  # type: ignore[index]

@@ -37,8 +37,8 @@ EVSES = {"CS16": Evse("A-09", "site-a", 11.0, ocpp_version=OcppVersion.V16),
 def run(body: Callable[[Csms, str], Awaitable[None]], *, sink: Any = None,
         **config: Any) -> Csms:
     """Start a CSMS on a free loopback port, run ``body(csms, url)``, stop it."""
-    csms = Csms(CsmsConfig(stations=STATIONS, **config), sink if sink is not None
-                else MemorySink())
+    config.setdefault("stations", STATIONS)
+    csms = Csms(CsmsConfig(**config), sink if sink is not None else MemorySink())
 
     async def main() -> None:
         port = await csms.start()
