@@ -14,12 +14,26 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The strict ocpp-rpc charge point (npm) the OCPP tests talk to. Without npm the peer
+# tests skip with a reason, except under CI=true, where a missing peer fails the run.
+PEER := tests/peers/ocpp_rpc
+PEER_STAMP := $(PEER)/node_modules/.installed
+
+$(PEER_STAMP): $(PEER)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix $(PEER) --no-audit --no-fund && touch $(PEER_STAMP); \
+	elif [ "$$CI" = "true" ]; then \
+		echo "npm is missing: the ocpp-rpc peer cannot be installed (CI)"; exit 1; \
+	else \
+		echo "npm is missing: the ocpp-rpc peer tests will be skipped"; \
+	fi
+
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/gridflex demo
 
-test: $(STAMP)
+test: $(STAMP) $(PEER_STAMP)
 	$(BIN)/python -m pytest -q
 	$(BIN)/ruff check aggregator adapters optimizer tests
 	$(BIN)/mypy

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import json
 import logging
 import ssl
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any, Literal, Protocol
 
-from ocpp.exceptions import FormatViolationError
+from ocpp.exceptions import FormatViolationError, OCPPError
 from ocpp.exceptions import NotImplementedError as OcppNotImplemented
 from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint as ChargePoint16
@@ -270,14 +271,15 @@ class Csms:
             module = call21 if isinstance(station, _Station21) else call201
             request = module.GetCompositeSchedule(duration=duration_s, evse_id=evse_number,
                                                   charging_rate_unit=rate_unit)
-        try:
-            response = await asyncio.wait_for(station.call(request),
-                                              self.config.response_timeout_s)
-        except TimeoutError:
+        response, problem = await self._call(station, request)
+        if response is None or getattr(response, "status", None) != "Accepted":
+            log.info("station %r gave no composite schedule: %s", station_id,
+                     problem or getattr(response, "status", None))
             return None
-        if getattr(response, "status", None) != "Accepted":
-            return None
-        return {k: v for k, v in vars(response).items() if v is not None}
+        # 1.6 numbers arrive as Decimal (ocpp 2.1.0), 2.x ones as float: return floats
+        plain: dict[str, Any] = json.loads(json.dumps(
+            {k: v for k, v in vars(response).items() if v is not None}, default=float))
+        return plain
 
     async def clear_charging_profile(self, station_id: str, profile_id: int) -> str:
         station = self._station(station_id)
@@ -294,12 +296,25 @@ class Csms:
         except KeyError:
             raise LookupError(f"station {station_id!r} is not connected") from None
 
-    async def _status(self, station: Any, request: Any) -> str:
+    async def _call(self, station: Any, request: Any) -> tuple[Any, str | None]:
+        """The station's answer, or None and why: a timeout, our payload refused by the
+        library before sending, or the station's CallError (code and description)."""
         try:
-            response = await asyncio.wait_for(station.call(request),
+            response = await asyncio.wait_for(station.call(request, suppress=False),
                                               self.config.response_timeout_s)
         except TimeoutError:
-            return "Timeout"
+            return None, "Timeout"
+        except OCPPError as err:
+            return None, f"{type(err).__name__}: {err.description} {err.details or ''}".strip()
+        return response, None
+
+    async def _status(self, station: Any, request: Any) -> str:
+        """The status the station answered; otherwise ``Timeout`` or the error's type and
+        description (a CallError from the station, or a payload the ocpp library refused
+        to send: both arrive as the same exceptions)."""
+        response, problem = await self._call(station, request)
+        if response is None:
+            return problem or "NoStatus"
         return str(getattr(response, "status", "NoStatus"))
 
 
