@@ -39,10 +39,12 @@ from ocpp.v201 import call_result as result201
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from adapters.ocpp import compat
 from adapters.ocpp.meter import parse_meter_values, parse_utc
 from aggregator.model import MeterSample
 
 log = logging.getLogger("gridflex.ocpp")
+compat.install()  # ocpp 2.1.0 mangles 2.1 per-phase keys on send
 
 SUBPROTOCOLS = ("ocpp2.1", "ocpp2.0.1", "ocpp1.6")  # preference order
 SecurityProfile = Literal[1, 2, 3]

@@ -305,3 +305,27 @@ def test_malformed_date_time_is_refused_and_the_station_stays_connected() -> Non
             assert "CS201" in csms.connected
 
     run(body)
+
+
+def test_ocpp21_per_phase_limits_are_sent_with_their_spec_names() -> None:
+    # regression: ocpp 2.1.0 turns limit_L2 into limitL2, which fails its own schema check
+    evse = EVSES["CS21"]
+    planned = pd.Series([11.0], index=pd.date_range(datetime(2026, 11, 20, 16, tzinfo=UTC),
+                                                    periods=1, freq="15min", tz="UTC"))
+    payload = set_charging_profile(ProfileRequest(
+        evse=evse, power_kw=planned, interval=timedelta(minutes=15), profile_id=3,
+        stack_level=1, purpose="TxDefaultProfile"))
+    period = payload["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"][0]
+    period.update(limit=16.0, limit_L2=10.0, limit_L3=6.0)  # unbalanced phases
+
+    async def body(csms: Csms, url: str) -> None:
+        async with station(url, "CS21", "ocpp2.1", password="pw-21") as cp:
+            await boot(cp, "ocpp2.1")
+            await until(lambda: "CS21" in csms.connected)
+            assert await csms.set_charging_profile("CS21", payload) == "Accepted"
+            received = cp.profiles[-1]["charging_schedule"][0]["charging_schedule_period"][0]
+            per_phase = {k: v for k, v in received.items() if "l2" in k.lower()
+                         or "l3" in k.lower()}
+            assert sorted(per_phase.values()) == [6.0, 10.0]
+
+    run(body)
