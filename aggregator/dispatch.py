@@ -49,8 +49,14 @@ def profile_id(station_id: str, evse_number: int, purpose: str) -> int:
 
 
 async def dispatch(csms: Csms, schedule: Schedule, evses: Mapping[str, Evse], *,
-                   verify: bool = True) -> list[Delivery]:
-    """Push every EVSE's planned power to its station (concurrently) and report."""
+                   verify: bool = True,
+                   station_caps_kw: Mapping[str, pd.Series] | None = None) -> list[Delivery]:
+    """Push every EVSE's planned power to its station (concurrently) and report.
+
+    ``station_caps_kw`` adds a station-wide cap (ChargePointMaxProfile /
+    ChargingStationMaxProfile) per station id: a safety net a station enforces even if
+    a per-EVSE profile is overridden locally; its Delivery has the station id as evse_id.
+    """
     where: dict[str, tuple[str, int]] = {
         evse_id: (station.station_id, number)
         for station in csms.config.stations for number, evse_id in station.evses.items()}
@@ -58,7 +64,34 @@ async def dispatch(csms: Csms, schedule: Schedule, evses: Mapping[str, Evse], *,
     jobs = [_deliver(csms, schedule, evses[evse_id], where.get(evse_id),
                      units.get(where[evse_id][0], "A") if evse_id in where else "A", verify)
             for evse_id in schedule.power_kw.columns]
+    for station_id, cap in (station_caps_kw or {}).items():
+        jobs.append(_deliver_cap(csms, schedule, station_id, cap, evses, where,
+                                 units.get(station_id, "A")))
     return list(await asyncio.gather(*jobs))
+
+
+async def _deliver_cap(csms: Csms, schedule: Schedule, station_id: str, cap: pd.Series,
+                       evses: Mapping[str, Evse], where: Mapping[str, tuple[str, int]],
+                       unit: RateUnit) -> Delivery:
+    """A station-wide cap, encoded with the OCPP version of the station's EVSEs."""
+    mine = [evses[e] for e, (s, _) in where.items() if s == station_id and e in evses]
+    if not mine:
+        return Delivery(station_id, station_id, "NotMapped", False,
+                        detail="no known EVSE at this station")
+    if station_id not in csms.connected:
+        return Delivery(station_id, station_id, "NotConnected", False)
+    version = mine[0].ocpp_version
+    purpose = "ChargePointMaxProfile" if version.value == "1.6" else \
+        "ChargingStationMaxProfile"
+    try:
+        payload = set_charging_profile(ProfileRequest(
+            evse=mine[0], power_kw=cap, interval=schedule.interval,
+            profile_id=profile_id(station_id, 0, purpose), stack_level=STACK_LEVEL,
+            evse_number=0, purpose=purpose))  # type: ignore[arg-type]
+    except ProfileError as err:
+        return Delivery(station_id, station_id, "Invalid", False, detail=str(err))
+    status = await csms.set_charging_profile(station_id, payload)
+    return Delivery(station_id, station_id, status, status == "Accepted")
 
 
 async def _deliver(csms: Csms, schedule: Schedule, evse: Evse,

@@ -134,3 +134,36 @@ def test_each_station_gets_its_own_rate_unit() -> None:
     sent = results["schedule"]
     assert sent["charging_rate_unit"] == "W"  # type: ignore[index]
     assert sent["charging_schedule_period"][0]["limit"] == 5000.0  # type: ignore[index]
+
+
+def test_station_wide_caps_go_to_connector_zero() -> None:
+    results: dict[str, object] = {}
+    index = pd.date_range(T0, periods=4, freq=STEP, tz="UTC")
+
+    async def body(csms: Csms, url: str) -> None:
+        async with station(url, "CS16", "ocpp1.6", password="pw-16") as cp16, \
+                station(url, "CS201", "ocpp2.0.1", password="pw-201") as cp201:
+            await boot(cp16, "ocpp1.6")
+            await boot(cp201, "ocpp2.0.1")
+            await until(lambda: len(csms.connected) == 2)
+            caps = {"CS16": pd.Series([22.0] * 4, index=index),
+                    "CS201": pd.Series([11.0, 11.0, 3.0, 3.0], index=index),
+                    "CS99": pd.Series([1.0] * 4, index=index)}
+            deliveries = await dispatch(csms, schedule({"A-09": PLAN["A-09"]}), EVSE_BY_ID,
+                                        station_caps_kw=caps)
+            results.update({d.evse_id: d for d in deliveries})
+            # concurrent sends: find the caps by purpose, not by arrival order
+            results["cp16"] = next(p for p in cp16.profiles
+                                   if p["charging_profile_purpose"] == "ChargePointMaxProfile")
+            results["cp201"] = cp201.profiles[-1]  # CS201 gets nothing but its cap
+
+    run(body)
+    assert results["CS16"].status == "Accepted"  # type: ignore[attr-defined]
+    assert results["CS201"].status == "Accepted"  # type: ignore[attr-defined]
+    assert results["CS99"].status == "NotMapped"  # type: ignore[attr-defined]
+    cap16 = results["cp16"]
+    assert cap16["charging_schedule"]["charging_schedule_period"][0]["limit"] == 31.8  # type: ignore[index]
+    cap201 = results["cp201"]
+    assert cap201["charging_profile_purpose"] == "ChargingStationMaxProfile"  # type: ignore[index]
+    periods = cap201["charging_schedule"][0]["charging_schedule_period"]  # type: ignore[index]
+    assert [p["limit"] for p in periods] == [15.9, 4.3]  # 11 kW and 3 kW, rounded down
