@@ -17,6 +17,7 @@ import base64
 import hmac
 import json
 import logging
+import math
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -93,12 +94,63 @@ class CsmsConfig:
 
 @dataclass
 class EvNeeds:
-    """What an EV told its station it needs (OCPP 2.x NotifyEVChargingNeeds)."""
+    """What an EV told its station it needs (OCPP 2.x NotifyEVChargingNeeds), in kW/kWh.
+
+    ``None`` where the EV did not say; ``raw`` keeps the message as it came.
+    """
 
     received_at: datetime
     departure: datetime | None
     energy_kwh: float | None
     raw: dict[str, Any]
+    capacity_kwh: float | None = None  # DC: evEnergyCapacity
+    soc: float | None = None  # DC: stateOfCharge, 0..1
+    target_soc: float | None = None  # 2.1 V2X: targetSoC, 0..1
+    max_charge_kw: float | None = None  # DC evMaxPower or 2.1 V2X maxChargePower
+    max_discharge_kw: float | None = None  # 2.1 V2X maxDischargePower
+    min_energy_kwh: float | None = None  # 2.1 V2X evMinV2XEnergyRequest: keep at least
+
+
+def _first(*values: float | None) -> float | None:
+    """The first value the EV gave (0 is an answer, not a gap)."""
+    return next((value for value in values if value is not None), None)
+
+
+def ev_needs(charging_needs: dict[str, Any], received_at: datetime) -> EvNeeds:
+    """Translate a (snake_case) ``charging_needs``; a bad field raises FormatViolation."""
+    def number(section: dict[str, Any], key: str, scale: float, path: str) -> float | None:
+        value = section.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                math.isfinite(value) and value >= 0):
+            raise FormatViolationError(details={"cause": f"{path}.{key}: bad value {value!r}"})
+        return float(value) * scale
+
+    ac = charging_needs.get("ac_charging_parameters") or {}
+    dc = charging_needs.get("dc_charging_parameters") or {}
+    v2x = charging_needs.get("v2x_charging_parameters") or {}
+    departure = charging_needs.get("departure_time")
+    soc = number(dc, "state_of_charge", 0.01, "dc_charging_parameters")
+    target = number(v2x, "target_soc", 0.01, "v2x_charging_parameters")
+    for name, fraction in (("state_of_charge", soc), ("target_soc", target)):
+        if fraction is not None and fraction > 1.0:
+            raise FormatViolationError(details={"cause": f"{name}: above 100 %"})
+    energy = _first(number(ac, "energy_amount", 1e-3, "ac_charging_parameters"),
+                    number(dc, "energy_amount", 1e-3, "dc_charging_parameters"),
+                    number(v2x, "ev_target_energy_request", 1e-3, "v2x_charging_parameters"))
+    return EvNeeds(
+        received_at=received_at,
+        departure=_utc(departure, "charging_needs.departure_time")
+        if departure is not None else None,
+        energy_kwh=energy, raw=charging_needs,
+        capacity_kwh=number(dc, "ev_energy_capacity", 1e-3, "dc_charging_parameters"),
+        soc=soc, target_soc=target,
+        max_charge_kw=_first(number(v2x, "max_charge_power", 1e-3, "v2x_charging_parameters"),
+                             number(dc, "ev_max_power", 1e-3, "dc_charging_parameters")),
+        max_discharge_kw=number(v2x, "max_discharge_power", 1e-3, "v2x_charging_parameters"),
+        min_energy_kwh=number(v2x, "ev_min_v2x_energy_request", 1e-3,
+                              "v2x_charging_parameters"))
 
 
 class Csms:
@@ -470,16 +522,8 @@ def _station2x(base: type, results: Any, version: str) -> type:
 
         @on("NotifyEVChargingNeeds")
         def on_needs(self, evse_id: int, charging_needs: dict[str, Any], **_: Any) -> Any:
-            departure = charging_needs.get("departure_time")
-            energy = (charging_needs.get("ac_charging_parameters")
-                      or charging_needs.get("dc_charging_parameters") or {})
-            self.csms.ev_needs[(self.id, evse_id)] = EvNeeds(
-                received_at=datetime.now(UTC),
-                departure=_utc(departure, "charging_needs.departure_time")
-                if departure is not None else None,
-                energy_kwh=float(energy["energy_amount"]) / 1000.0
-                if "energy_amount" in energy else None,
-                raw=charging_needs)
+            self.csms.ev_needs[(self.id, evse_id)] = ev_needs(charging_needs,
+                                                              datetime.now(UTC))
             return results.NotifyEVChargingNeeds(status="Accepted")
 
     Station2x.__name__ = Station2x.__qualname__ = f"Station{version}"

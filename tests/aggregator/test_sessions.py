@@ -1,0 +1,65 @@
+"""Sessions built from EV charging needs: what the EV says, capped by the EVSE, defaults."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from ocpp.exceptions import FormatViolationError
+
+from adapters.ocpp.csms import ev_needs
+from aggregator.model import Evse, OcppVersion
+from aggregator.sessions import SessionDefaults, session_from_needs
+
+T0 = datetime(2026, 11, 20, 16, tzinfo=UTC)
+AC = Evse("A-01", "site-a", 11.0)
+V2G = Evse("A-11", "site-a", 11.0, max_export_kw=10.0, v2g_capable=True,
+           ocpp_version=OcppVersion.V21)
+
+
+def test_ac_needs_use_defaults_for_what_the_car_does_not_say() -> None:
+    needs = ev_needs({"ac_charging_parameters": {"energy_amount": 20000, "ev_min_current": 6,
+                                                 "ev_max_current": 16, "ev_max_voltage": 400},
+                      "departure_time": "2026-11-20T23:00:00Z"}, T0)
+    session = session_from_needs("s-1", AC, T0, needs)
+    assert session.energy_requested_kwh == 20.0
+    assert session.departure == datetime(2026, 11, 20, 23, tzinfo=UTC)
+    assert (session.battery_capacity_kwh, session.soc_initial) == (60.0, 0.3)  # defaults
+    assert session.max_charge_kw == 11.0 and session.max_discharge_kw == 0.0
+
+
+def test_v2x_needs_on_a_v2g_evse() -> None:
+    needs = ev_needs({"dc_charging_parameters": {"ev_energy_capacity": 77000,
+                                                 "state_of_charge": 40, "ev_max_power": 50000},
+                      "v2x_charging_parameters": {"max_charge_power": 22000,
+                                                  "max_discharge_power": 15000,
+                                                  "ev_min_v2x_energy_request": 38500,
+                                                  "target_soc": 80}}, T0)
+    assert (needs.capacity_kwh, needs.soc, needs.target_soc) == (77.0, 0.4, 0.8)
+    session = session_from_needs("s-2", V2G, T0, needs, SessionDefaults(dwell=timedelta(hours=5)))
+    assert session.target_soc == 0.8
+    assert session.max_charge_kw == 11.0  # the EVSE's rating, not the car's 22 kW
+    assert session.max_discharge_kw == 10.0  # likewise for discharge
+    assert session.min_soc_v2g == pytest.approx(0.5)  # keep 38.5 of 77 kWh
+    assert session.departure == T0 + timedelta(hours=5)
+    plain = session_from_needs("s-3", AC, T0, needs)
+    assert plain.max_discharge_kw == 0.0  # no V2G without a V2G EVSE on OCPP 2.1
+
+
+def test_bad_needs_are_refused_by_field() -> None:
+    with pytest.raises(FormatViolationError, match="state_of_charge: above 100"):
+        ev_needs({"dc_charging_parameters": {"state_of_charge": 140}}, T0)
+    with pytest.raises(FormatViolationError, match="max_discharge_power: bad value"):
+        ev_needs({"v2x_charging_parameters": {"max_discharge_power": -5}}, T0)
+    with pytest.raises(FormatViolationError, match="departure_time"):
+        ev_needs({"departure_time": "soon"}, T0)
+
+
+def test_zero_is_an_answer_not_a_gap() -> None:
+    needs = ev_needs({"ac_charging_parameters": {"energy_amount": 0, "ev_min_current": 6,
+                                                 "ev_max_current": 16, "ev_max_voltage": 400},
+                      "v2x_charging_parameters": {"max_charge_power": 0,
+                                                  "ev_target_energy_request": 5000}}, T0)
+    assert needs.energy_kwh == 0.0 and needs.max_charge_kw == 0.0
+    session = session_from_needs("s-4", AC, T0, needs)
+    assert session.energy_requested_kwh == 0.0 and session.max_charge_kw == 0.0
