@@ -164,19 +164,36 @@ def set_charging_profile(request: ProfileRequest) -> dict[str, Any]:
     return {"evseId": request.evse_number, "chargingProfile": profile}
 
 
-def allowed_power_kw(evse: Evse, payload: dict[str, Any], unit: RateUnit) -> list[float]:
-    """Per period, the signed power a payload allows (charge limit, or minus the discharge)."""
+def _power_kw(evse: Evse, period: dict[str, Any], unit: RateUnit, *, snake: bool) -> float:
+    """The signed power one period allows: minus the setpoint when discharging."""
+    mode = period.get("operation_mode" if snake else "operationMode")
+    if mode == "CentralSetpoint" and "setpoint" in period:
+        return from_rate(evse, float(period["setpoint"]), unit)
+    return from_rate(evse, float(period["limit"]), unit)
+
+
+def _spread(periods: list[dict[str, Any]], start_key: str, power: Any,
+            interval: timedelta, n_intervals: int) -> list[float]:
+    """Per interval, ``power(period)`` of the last period started by then (inf before any)."""
+    ordered = sorted(periods, key=lambda period: float(period[start_key]))
+    step_s = interval.total_seconds()
+    out: list[float] = []
+    for i in range(n_intervals):
+        started = [period for period in ordered if float(period[start_key]) <= i * step_s]
+        out.append(float(power(started[-1])) if started else float("inf"))
+    return out
+
+
+def sent_power_kw(evse: Evse, payload: dict[str, Any], unit: RateUnit,
+                  interval: timedelta, n_intervals: int) -> list[float]:
+    """Per interval, the signed power a payload built here allows."""
     if "csChargingProfiles" in payload:
         periods = payload["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"]
     else:
         periods = payload["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"]
-    allowed = []
-    for period in periods:
-        if period.get("operationMode") == "CentralSetpoint":
-            allowed.append(from_rate(evse, float(period["setpoint"]), unit))
-        else:
-            allowed.append(from_rate(evse, float(period["limit"]), unit))
-    return allowed
+    return _spread(periods, "startPeriod",
+                   lambda period: _power_kw(evse, period, unit, snake=False),
+                   interval, n_intervals)
 
 
 def composite_power_kw(evse: Evse, composite: dict[str, Any], unit: RateUnit,
@@ -188,36 +205,6 @@ def composite_power_kw(evse: Evse, composite: dict[str, Any], unit: RateUnit,
     schedule does not cover count as unlimited (``inf``).
     """
     schedule = composite.get("charging_schedule") or composite.get("schedule") or {}
-    periods = sorted(schedule.get("charging_schedule_period") or [],
-                     key=lambda period: float(period["start_period"]))
-    step_s = interval.total_seconds()
-    allowed: list[float] = []
-    for i in range(n_intervals):
-        moment = i * step_s
-        active = [period for period in periods if float(period["start_period"]) <= moment]
-        if not active:
-            allowed.append(float("inf"))
-            continue
-        period = active[-1]
-        if period.get("operation_mode") == "CentralSetpoint" and "setpoint" in period:
-            allowed.append(from_rate(evse, float(period["setpoint"]), unit))
-        else:
-            allowed.append(from_rate(evse, float(period["limit"]), unit))
-    return allowed
-
-
-def sent_power_kw(evse: Evse, payload: dict[str, Any], unit: RateUnit,
-                  interval: timedelta, n_intervals: int) -> list[float]:
-    """Per interval, the signed power a payload we built allows (``allowed_power_kw`` per
-    period, spread over the intervals)."""
-    if "csChargingProfiles" in payload:
-        periods = payload["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"]
-    else:
-        periods = payload["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"]
-    per_period = allowed_power_kw(evse, payload, unit)
-    step_s = interval.total_seconds()
-    out: list[float] = []
-    for i in range(n_intervals):
-        index = max(j for j, period in enumerate(periods) if period["startPeriod"] <= i * step_s)
-        out.append(per_period[index])
-    return out
+    return _spread(schedule.get("charging_schedule_period") or [], "start_period",
+                   lambda period: _power_kw(evse, period, unit, snake=True),
+                   interval, n_intervals)

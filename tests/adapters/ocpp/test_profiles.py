@@ -17,8 +17,8 @@ from ocpp.messages import Call, validate_payload
 from adapters.ocpp.profiles import (
     ProfileError,
     ProfileRequest,
-    allowed_power_kw,
     from_rate,
+    sent_power_kw,
     set_charging_profile,
     to_rate,
 )
@@ -135,12 +135,7 @@ def test_a_profile_never_allows_more_than_the_plan(evse: Evse, unit: str,
         values = [max(v, 0.0) for v in values]
     payload = set_charging_profile(request(evse, values, rate_unit=unit))
     assert_schema_valid(evse, payload)
-    allowed = allowed_power_kw(evse, payload, unit)  # type: ignore[arg-type]
-    starts = [p["startPeriod"] for p in (
-        payload["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"]
-        if "csChargingProfiles" in payload
-        else payload["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"])]
-    per_interval = np.repeat(allowed, np.diff([*starts, len(values) * 900]) // 900)
+    per_interval = sent_power_kw(evse, payload, unit, STEP, len(values))  # type: ignore[arg-type]
     for planned, sent in zip(values, per_interval, strict=True):
         if planned >= 0:
             assert 0.0 <= sent <= planned + 1e-9  # charge: at most the plan
@@ -169,13 +164,7 @@ def test_every_evse_of_the_demo_plan_gets_a_valid_profile_within_its_plan() -> N
             evse=evse, power_kw=planned, interval=scenario.interval, profile_id=number,
             stack_level=1, purpose="TxDefaultProfile"))
         assert_schema_valid(evse, payload)
-        starts = [p["startPeriod"] for p in (
-            payload["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"]
-            if "csChargingProfiles" in payload
-            else payload["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"])]
-        step_s = int(scenario.interval.total_seconds())
-        repeats = np.diff([*starts, len(planned) * step_s]) // step_s
-        sent = np.repeat(allowed_power_kw(evse, payload, "A"), repeats)
+        sent = np.array(sent_power_kw(evse, payload, "A", scenario.interval, len(planned)))
         wanted = planned.to_numpy()
         within = np.where(wanted >= 0, (sent >= 0) & (sent <= wanted + 1e-9),
                           (sent >= wanted - 1e-9) & (sent <= 0))
