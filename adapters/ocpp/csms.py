@@ -217,7 +217,11 @@ class Csms:
             return None
         expected = f"{station_id}:{station.password or ''}".encode()
         header = request.headers.get("Authorization", "")
-        given = base64.b64decode(header[6:]) if header.startswith("Basic ") else b""
+        try:
+            given = base64.b64decode(header[6:], validate=True) if header.startswith(
+                "Basic ") else b""
+        except ValueError:  # not base64 at all: as good as no credentials
+            given = b""
         if station.password is None or not hmac.compare_digest(given, expected):
             log.warning("refused station %r: bad or missing basic auth", station_id)
             return connection.respond(HTTPStatus.UNAUTHORIZED, "authentication failed\n")

@@ -16,6 +16,7 @@ from ocpp.exceptions import NotImplementedError as OcppNotImplemented
 from ocpp.v16 import call as c16
 from ocpp.v21 import call as c21
 from ocpp.v201 import call as c201
+from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidMessage, InvalidStatus
 
 from adapters.ocpp.csms import Csms, CsmsConfig, MemorySink, StationConfig
@@ -108,6 +109,11 @@ def test_wrong_password_unknown_station_and_foreign_protocol_are_refused() -> No
             async with station(url, "INTRUDER", "ocpp2.0.1", password="x"):
                 pass
         assert caught.value.response.status_code == 404
+        with pytest.raises(InvalidStatus) as caught:  # garbage credentials: 401, not a crash
+            async with connect(f"{url}/CS201", subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
+                               additional_headers={"Authorization": "Basic %%%not-base64"}):
+                pass
+        assert caught.value.response.status_code == 401
         assert csms.connected == {}
 
     run(body)
