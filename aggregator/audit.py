@@ -12,7 +12,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from aggregator.model import GridConstraint, Schedule
+from aggregator.model import Schedule
 from aggregator.scenario import Scenario
 
 TOLERANCE_KW = 1e-6
@@ -46,12 +46,6 @@ def node_base_load_kw(scenario: Scenario, node_id: str, index: pd.DatetimeIndex)
     return pd.Series(values, index=index)
 
 
-def _touches(constraint: GridConstraint, start: datetime, end: datetime) -> bool:
-    stop = constraint.end if constraint.expires_at is None else min(constraint.end,
-                                                                    constraint.expires_at)
-    return constraint.start < end and stop > start
-
-
 def cap_violations(scenario: Scenario, schedule: Schedule) -> list[Violation]:
     """Every (node or EVSE, interval) whose net flow exceeds a constraint touching it."""
     index = schedule.intervals
@@ -69,7 +63,7 @@ def cap_violations(scenario: Scenario, schedule: Schedule) -> list[Violation]:
                                + node_base_load_kw(scenario, node, index))
         flow = flows[node]
         for start in index:
-            if not _touches(constraint, start, start + step):
+            if not constraint.touches(start, start + step):
                 continue
             value = float(flow[start])
             if constraint.import_max_kw is not None and \

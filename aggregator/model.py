@@ -264,11 +264,18 @@ class GridConstraint:
         if isinstance(self.priority, bool) or not isinstance(self.priority, int):
             raise ModelError("priority", "must be an integer")
 
+    @property
+    def effective_end(self) -> datetime:
+        """The end of the window, or the expiry when that comes first."""
+        return self.end if self.expires_at is None else min(self.end, self.expires_at)
+
     def applies_at(self, moment: datetime) -> bool:
         """True if the constraint is in its window and not expired at ``moment``."""
-        if self.expires_at is not None and moment >= self.expires_at:
-            return False
-        return self.start <= moment < self.end
+        return self.start <= moment < self.effective_end
+
+    def touches(self, start: datetime, end: datetime) -> bool:
+        """True if the constraint is in force at some moment of ``[start, end)``."""
+        return self.start < end and self.effective_end > start
 
 
 @dataclass(frozen=True, slots=True)

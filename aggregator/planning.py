@@ -47,11 +47,6 @@ def _interval_span(start: datetime, end: datetime, origin: datetime, step: timed
     return max(0, min(first, n_intervals)), max(0, min(last, n_intervals))
 
 
-def _constraint_window(c: GridConstraint) -> tuple[datetime, datetime]:
-    end = c.end if c.expires_at is None else min(c.end, c.expires_at)
-    return c.start, end
-
-
 def build_problem(scenario: Scenario) -> tuple[FlexProblem, PlanIndex]:
     """The optimizer's arrays for ``scenario`` and the index to read the answer back."""
     n_t, step, origin = scenario.n_intervals, scenario.interval, scenario.start
@@ -75,7 +70,7 @@ def build_problem(scenario: Scenario) -> tuple[FlexProblem, PlanIndex]:
     cap_sources: dict[tuple[str, str, int], GridConstraint] = {}
 
     for constraint in scenario.constraints:
-        first, last = _interval_span(*_constraint_window(constraint), origin, step, n_t,
+        first, last = _interval_span(constraint.start, constraint.effective_end, origin, step, n_t,
                                      inside=False)
         if first >= last:
             continue

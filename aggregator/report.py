@@ -101,9 +101,7 @@ def plot_node_load(scenario: Scenario, schedule: Schedule, path: Path) -> None:
         for c in scenario.constraints:
             if c.node_id != node.node_id:
                 continue
-            stop = c.end if c.expires_at is None else min(c.end, c.expires_at)
-            touched = (index < pd.Timestamp(stop)) & (index + pd.Timedelta(step)
-                                                       > pd.Timestamp(c.start))
+            touched = np.array([c.touches(t, t + step) for t in index], dtype=bool)
             if c.import_max_kw is not None:
                 imp[touched] = np.minimum(imp[touched], c.import_max_kw)
             if c.export_max_kw is not None:
