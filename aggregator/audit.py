@@ -89,12 +89,12 @@ def evse_limit_violations(scenario: Scenario, schedule: Schedule) -> list[str]:
         export_kw = evse.max_export_kw if evse.can_discharge else 0.0
         if float(-power.min()) > export_kw + TOLERANCE_KW:
             found.append(f"{evse.evse_id}: discharges beyond {export_kw} kW")
+    by_id = {s.session_id: s for s in scenario.sessions}
     for session in schedule.session_power_kw.columns:
-        match = [s for s in scenario.sessions if s.session_id == session]
-        if not match:
+        if session not in by_id:
             continue
         power = schedule.session_power_kw[session]
-        s = match[0]
+        s = by_id[session]
         starts = pd.DatetimeIndex(power.index)
         present = (starts >= pd.Timestamp(s.arrival)) & (
             starts + pd.Timedelta(scenario.interval) <= pd.Timestamp(s.departure))

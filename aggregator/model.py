@@ -301,6 +301,7 @@ class GridTree:
     nodes: tuple[GridNode, ...]
     evses: tuple[Evse, ...]
     _by_id: dict[str, GridNode] = field(init=False, repr=False, compare=False)
+    _evse_by_id: dict[str, Evse] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         by_id: dict[str, GridNode] = {}
@@ -338,6 +339,7 @@ class GridTree:
                                  f"(connection point), not {by_id[evse.node_id].kind.value} "
                                  f"{evse.node_id!r}")
         object.__setattr__(self, "_by_id", by_id)
+        object.__setattr__(self, "_evse_by_id", {evse.evse_id: evse for evse in self.evses})
 
     def node(self, node_id: str) -> GridNode:
         return self._by_id[node_id]
@@ -346,10 +348,7 @@ class GridTree:
         return node_id in self._by_id
 
     def evse(self, evse_id: str) -> Evse:
-        for evse in self.evses:
-            if evse.evse_id == evse_id:
-                return evse
-        raise KeyError(evse_id)
+        return self._evse_by_id[evse_id]
 
     def ancestors(self, node_id: str) -> list[str]:
         """The node itself and every node above it, bottom first."""

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from aggregator.audit import cap_violations, evse_limit_violations, node_base_load_kw
-from aggregator.model import Schedule
+from aggregator.model import GridNode, NodeKind, Schedule
 from aggregator.planning import horizon_target_kwh
 from aggregator.scenario import Scenario
 
@@ -84,9 +84,30 @@ def summarise(scenario: Scenario, schedule: Schedule) -> dict[str, Any]:
     }
 
 
+MAX_PLOTTED_NODES = 8
+
+
+def plotted_nodes(scenario: Scenario, schedule: Schedule) -> list[GridNode]:
+    """The nodes worth a panel: every area and feeder, then the sites closest to a cap."""
+    upper = [n for n in scenario.tree.nodes if n.kind is not NodeKind.SITE]
+    sites = [n for n in scenario.tree.nodes if n.kind is NodeKind.SITE]
+    if len(upper) + len(sites) <= MAX_PLOTTED_NODES:
+        return upper + sites
+
+    def headroom_kw(node: GridNode) -> float:
+        load = schedule.node_load_kw(scenario.tree, node.node_id) + node_base_load_kw(
+            scenario, node.node_id, schedule.intervals)
+        caps = [c.import_max_kw for c in scenario.constraints
+                if c.node_id == node.node_id and c.import_max_kw is not None]
+        return min(caps) - float(load.max()) if caps else float("inf")
+
+    room = max(0, MAX_PLOTTED_NODES - len(upper))
+    return upper[:MAX_PLOTTED_NODES] + sorted(sites, key=headroom_kw)[:room]
+
+
 def plot_node_load(scenario: Scenario, schedule: Schedule, path: Path) -> None:
-    """PNG of every node's net load against its import and export caps."""
-    nodes = list(scenario.tree.nodes)
+    """PNG of node load against import and export caps (at most ``MAX_PLOTTED_NODES``)."""
+    nodes = plotted_nodes(scenario, schedule)
     fig, axes = plt.subplots(len(nodes), 1, figsize=(11, 2.6 * len(nodes) + 0.6), sharex=True,
                              squeeze=False)
     index = schedule.intervals
@@ -117,7 +138,9 @@ def plot_node_load(scenario: Scenario, schedule: Schedule, path: Path) -> None:
         ax.set_title(f"{node.kind.value} {node.node_id}", loc="left", fontsize=10)
         ax.legend(loc="upper right", fontsize=7, ncols=4)
     axes[-1, 0].set_xlabel("UTC")
-    fig.suptitle(f"{scenario.name}: node load against DSO caps ({schedule.status})")
+    shown = "" if len(nodes) == len(scenario.tree.nodes) else \
+        f", {len(nodes)} of {len(scenario.tree.nodes)} nodes"
+    fig.suptitle(f"{scenario.name}: node load against DSO caps ({schedule.status}{shown})")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

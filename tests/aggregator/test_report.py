@@ -235,3 +235,28 @@ def test_failed_plot_keeps_an_existing_output_folder_as_it_was(
     assert [p.name for p in out.iterdir()] == ["summary.json"]
     assert (out / "summary.json").read_text() == '{"old": true}'
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_large_trees_plot_the_feeder_and_the_tightest_sites(tmp_path: Path) -> None:
+    from aggregator.fleet import generate_fleet
+    from aggregator.planning import build_problem, to_schedule
+    from aggregator.report import MAX_PLOTTED_NODES, plot_node_load, plotted_nodes
+    from optimizer import solve
+
+    scenario = generate_fleet(1000, seed=2)  # a feeder and 13 sites
+    problem, index = build_problem(scenario)
+    schedule = to_schedule(solve(problem), problem, index)
+    nodes = plotted_nodes(scenario, schedule)
+    assert len(nodes) == MAX_PLOTTED_NODES and nodes[0].node_id == "feeder"
+    site_caps = {c.node_id: c.import_max_kw for c in scenario.constraints
+                 if c.node_id.startswith("site")}
+    from aggregator.audit import node_base_load_kw
+
+    room = {n.node_id: site_caps[n.node_id]  # type: ignore[operator]
+            - float((schedule.node_load_kw(scenario.tree, n.node_id) + node_base_load_kw(
+                scenario, n.node_id, schedule.intervals)).max())
+            for n in scenario.tree.nodes if n.node_id.startswith("site")}
+    chosen = [n.node_id for n in nodes[1:]]
+    assert max(room[s] for s in chosen) <= min(room[s] for s in room if s not in chosen)
+    plot_node_load(scenario, schedule, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 10_000
