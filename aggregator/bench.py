@@ -12,6 +12,7 @@ import multiprocessing as mp
 import queue as queue_module
 import resource
 import time
+from datetime import timedelta
 from typing import Any
 
 TIME_LIMIT_GRACE_S = 30.0
@@ -137,4 +138,74 @@ def bench_optimizer(sizes: list[int], paths: list[str], *, pyomo_limit_s: float,
                 print(f"{row['sessions']:>9} {row['path']:>11} {row.get('build_s', ''):>9} "
                       f"{row.get('solve_s', ''):>9} {row.get('total_s', ''):>9} "
                       f"{row.get('peak_rss_mb', ''):>8}  {row['status']}")
+    return 0
+
+
+def ledger_readings(n_evses: int, days: int, batch: int) -> Any:
+    """Seeded one-minute register readings: two sessions a day per EVSE, 40 % also export.
+
+    Yields batches of ``MeterSample``s in meter-time order per EVSE.
+    """
+    import numpy as np
+
+    from aggregator.fleet import FLEET_START
+    from aggregator.model import Measurand, MeterSample
+
+    rng = np.random.default_rng(7)
+    pending: list[MeterSample] = []
+    start = FLEET_START.replace(hour=0)
+    for evse in range(n_evses):
+        exports = rng.random() < 0.4
+        import_wh = export_wh = 0.0
+        for day in range(days):
+            for session, (first_min, last_min) in enumerate(((480, 1020), (1080, 1860))):
+                tx = f"e{evse}-d{day}-s{session}"
+                for minute in range(first_min, min(last_min, 1440 * days - 1440 * day)):
+                    moment = start + timedelta(days=day, minutes=minute)
+                    import_wh += float(rng.uniform(0.0, 190.0))
+                    pending.append(MeterSample(
+                        station_id=f"CS{evse // 2}", evse_number=evse % 2 + 1,
+                        transaction_id=tx, measured_at=moment,
+                        measurand=Measurand.ENERGY_IMPORT, value=import_wh,
+                        received_at=moment))
+                    if exports:
+                        export_wh += float(rng.uniform(0.0, 40.0))
+                        pending.append(MeterSample(
+                            station_id=f"CS{evse // 2}", evse_number=evse % 2 + 1,
+                            transaction_id=tx, measured_at=moment,
+                            measurand=Measurand.ENERGY_EXPORT, value=export_wh,
+                            received_at=moment))
+                    if len(pending) >= batch:
+                        yield pending
+                        pending = []
+    if pending:
+        yield pending
+
+
+def bench_ledger(urls: dict[str, str], *, n_evses: int, days: int, batch: int) -> int:
+    """One JSON line per backend: batched ingest rate and settlement time for the data."""
+    from aggregator.ledger import Ledger, settle_sessions
+
+    for backend, url in urls.items():
+        ledger = Ledger(url)
+        stored, ingest_s = 0, 0.0
+        for samples in ledger_readings(n_evses, days, batch):
+            started = time.perf_counter()  # time the ledger, not the data generator
+            stored += ledger.add_samples(samples)
+            ingest_s += time.perf_counter() - started
+        from aggregator.fleet import FLEET_START
+        start = FLEET_START.replace(hour=0)
+        started = time.perf_counter()
+        sessions = settle_sessions(ledger, start, start + timedelta(days=days))
+        settle_s = time.perf_counter() - started
+        print(json.dumps({
+            "bench": "ledger", "backend": backend, "evses": n_evses, "days": days,
+            "batch": batch, "samples": stored,
+            "ingest_samples_per_s": round(stored / ingest_s, 1) if ingest_s else None,
+            "settle_s": round(settle_s, 3), "sessions_settled": len(sessions),
+            "settled_kwh": round(sum(s.imported_kwh for s in sessions), 3),
+            **({"settle_month_1000_evse_s": round(settle_s, 3)}
+               if n_evses >= 1000 and days >= 30 else {}),
+        }), flush=True)
+        ledger.engine.dispose()
     return 0

@@ -74,6 +74,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     opt.add_argument("--seed", type=int, default=1)
     opt.add_argument("--json", action="store_true", help="JSON lines only")
 
+    led = benches.add_parser("ledger", help="ledger ingest rate and settlement time")
+    led.add_argument("--sqlite", default=None, metavar="FILE",
+                     help="SQLite file to use (default: a fresh temporary file)")
+    led.add_argument("--postgres", default=None, metavar="URL",
+                     help="also measure PostgreSQL at this SQLAlchemy URL (use an empty "
+                          "database: the bench writes its own tables)")
+    led.add_argument("--evses", type=int, default=1000)
+    led.add_argument("--days", type=int, default=30)
+    led.add_argument("--batch", type=int, default=5000)
+    led.add_argument("--json", action="store_true", help="JSON lines only (always)")
+
     args = parser.parse_args(argv)
     if args.command == "solve":
         return _solve_scenario(args.scenario, args.out, milp=args.milp,
@@ -93,6 +104,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"bad --paths {sorted(unknown)} or --sessions")
         return bench_optimizer(sizes, paths, pyomo_limit_s=args.pyomo_limit, seed=args.seed,
                                json_only=args.json)
+    if args.command == "bench" and args.bench == "ledger":
+        import tempfile
+
+        from aggregator.bench import bench_ledger
+        if args.evses < 1 or args.days < 1 or args.batch < 1:
+            parser.error("--evses, --days and --batch must be >= 1")
+        sqlite_file = args.sqlite or str(Path(tempfile.mkdtemp()) / "bench-ledger.db")
+        urls = {"sqlite": f"sqlite:///{sqlite_file}"}
+        if args.postgres:
+            urls["postgresql"] = args.postgres
+        return bench_ledger(urls, n_evses=args.evses, days=args.days, batch=args.batch)
     parser.error("unknown command")
     return 2
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from sqlalchemy import (
     BigInteger,
     Column,
+    Connection,
     Engine,
     Float,
     Integer,
@@ -31,7 +32,6 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from aggregator.model import Measurand, MeterSample
@@ -97,11 +97,13 @@ class Ledger:
         """Store samples in one transaction; returns how many were new (duplicates skip)."""
         if not samples:
             return 0
-        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-        statement = insert(meter_samples).on_conflict_do_nothing(
-            index_elements=KEY_COLUMNS).returning(meter_samples.c.id)
+        rows = [_row(sample) for sample in samples]
         with self.engine.begin() as connection:  # one transaction: all or nothing
-            stored = connection.execute(statement, [_row(sample) for sample in samples])
+            if self.engine.dialect.name == "postgresql":
+                return _copy_in(connection, rows)
+            statement = sqlite_insert(meter_samples).on_conflict_do_nothing(
+                index_elements=KEY_COLUMNS).returning(meter_samples.c.id)
+            stored = connection.execute(statement, rows)
             return len(stored.all())  # RETURNING yields only the rows actually inserted
 
     def count(self) -> int:
@@ -122,6 +124,31 @@ class Ledger:
                     received_at=from_us(row.received_at_us), evse_id=row.evse_id,
                     phase=row.phase or None, context=row.context or None,
                     signed_data=row.signed_data)
+
+
+_COPY_COLUMNS = [c.name for c in meter_samples.columns if c.name != "id"]
+
+
+def _copy_in(connection: Connection, rows: list[dict[str, object]]) -> int:
+    """PostgreSQL: COPY into a per-connection staging table, then insert what is new.
+
+    Several times faster than multi-row INSERTs for large batches; same semantics (the
+    unique key decides), same transaction.
+    """
+    columns = ", ".join(_COPY_COLUMNS)
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS staging_samples AS SELECT {columns} "
+                       "FROM meter_samples WITH NO DATA")
+        cursor.execute("TRUNCATE staging_samples")
+        with cursor.copy(f"COPY staging_samples ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([row[name] for name in _COPY_COLUMNS])
+        cursor.execute(f"INSERT INTO meter_samples ({columns}) SELECT {columns} FROM "
+                       "staging_samples ON CONFLICT DO NOTHING RETURNING id")
+        return len(cursor.fetchall())
+    finally:
+        cursor.close()
 
 
 def _sqlite_durable(connection: object, _: object) -> None:
