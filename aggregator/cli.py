@@ -41,6 +41,39 @@ def _solve_scenario(path: Path, out_dir: Path, *, milp: bool, time_limit_s: floa
     return 0 if solution.ok and summary["cap_violations"] == 0 else 1
 
 
+def _settle(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from datetime import datetime
+
+    from aggregator.export import settlement_table, write_table
+    from aggregator.ledger import Ledger, settle_sessions
+
+    moments = []
+    for name, value in (("--from", args.start), ("--to", args.end)):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            parser.error(f"{name}: not an ISO 8601 date-time: {value!r}")
+        if moment.utcoffset() is None:
+            parser.error(f"{name}: give a UTC offset (e.g. Z): {value!r}")
+        moments.append(moment)
+    start, end = moments
+    if end <= start:
+        parser.error("--to must be after --from")
+    sessions = settle_sessions(Ledger(args.ledger), start, end, max_gap_s=args.max_gap)
+    table = settlement_table(sessions)
+    out = args.out or Path(f"settlement-{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}.{args.format}")
+    if args.format == "parquet" and out.suffix != ".parquet":
+        out = out.with_suffix(".parquet")
+    write_table(table, out)
+    seal = table["row_hash"].iloc[-1] if len(table) else "(no sessions)"
+    print(json.dumps({"sessions": len(table), "imported_kwh": round(float(
+        table["imported_kwh"].sum()), 3) if len(table) else 0.0, "exported_kwh": round(float(
+        table["exported_kwh"].sum()), 3) if len(table) else 0.0,
+        "flagged_sessions": int(((table["resets"] > 0) | (table["gaps"] > 0)).sum())
+        if len(table) else 0, "file": str(out), "last_row_hash": seal}))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gridflex", description=(
         "Grid-integration flexibility aggregator for EV charging: DSO limits in, "
@@ -60,6 +93,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo_cmd = commands.add_parser("demo", help="solve the shipped office evening-peak scenario")
     demo_cmd.add_argument("--out", type=Path, default=Path("out/demo"))
     demo_cmd.add_argument("--json", action="store_true")
+
+    settle_cmd = commands.add_parser("settle", help="energy per session from the ledger")
+    settle_cmd.add_argument("--ledger", required=True, metavar="URL",
+                            help="sqlite:///FILE or a postgresql+psycopg:// URL")
+    settle_cmd.add_argument("--from", dest="start", required=True, metavar="UTC",
+                            help="period start, ISO 8601 with offset")
+    settle_cmd.add_argument("--to", dest="end", required=True, metavar="UTC")
+    settle_cmd.add_argument("--format", choices=("csv", "parquet"), default="csv")
+    settle_cmd.add_argument("--out", type=Path, default=None,
+                            help="file to write (default: settlement-FROM-TO.FORMAT)")
+    settle_cmd.add_argument("--max-gap", type=float, default=900.0, metavar="S",
+                            help="longer steps between readings are flagged as gaps")
 
     bench_cmd = commands.add_parser("bench", help="benchmarks (machine-readable output)")
     benches = bench_cmd.add_subparsers(dest="bench", required=True)
@@ -92,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         return _solve_scenario(DEMO_SCENARIO, args.out, milp=False, time_limit_s=None,
                                as_json=args.json)
+    if args.command == "settle":
+        return _settle(args, parser)
     if args.command == "bench" and args.bench == "optimizer":
         from aggregator.bench import bench_optimizer
         try:
