@@ -1,8 +1,9 @@
-"""``gridflex bench optimizer``: build and solve times of the direct and pyomo paths (and MILP).
+"""Benchmarks behind ``gridflex bench``; every result is a JSON line.
 
-Each (size, path) runs in a fresh process so ``peak_rss_mb`` is its own and a slow
-pyomo build can be stopped at the time limit.  Results are JSON lines; the ratios
-compare the two paths on the same instance in the same run.
+``optimizer``: build and solve times of the direct, pyomo and MILP paths.  Each (size,
+path) runs in a fresh process so ``peak_rss_mb`` is its own and a slow pyomo build can be
+stopped at the time limit; the ratios compare paths on the same instance in the same run.
+``ledger``: batched ingest rate and settlement time per database backend.
 """
 
 from __future__ import annotations
