@@ -13,7 +13,7 @@ import multiprocessing as mp
 import queue as queue_module
 import resource
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 TIME_LIMIT_GRACE_S = 30.0
@@ -152,6 +152,12 @@ def ledger_readings(n_evses: int, days: int, batch: int) -> Any:
     from aggregator.fleet import FLEET_START
     from aggregator.model import Measurand, MeterSample
 
+    def reading(evse: int, tx: str, moment: datetime, measurand: Measurand,
+                value_wh: float) -> MeterSample:
+        return MeterSample(station_id=f"CS{evse // 2}", evse_number=evse % 2 + 1,
+                           transaction_id=tx, measured_at=moment, measurand=measurand,
+                           value=value_wh, received_at=moment)
+
     rng = np.random.default_rng(7)
     pending: list[MeterSample] = []
     start = FLEET_START.replace(hour=0)
@@ -164,18 +170,11 @@ def ledger_readings(n_evses: int, days: int, batch: int) -> Any:
                 for minute in range(first_min, min(last_min, 1440 * days - 1440 * day)):
                     moment = start + timedelta(days=day, minutes=minute)
                     import_wh += float(rng.uniform(0.0, 190.0))
-                    pending.append(MeterSample(
-                        station_id=f"CS{evse // 2}", evse_number=evse % 2 + 1,
-                        transaction_id=tx, measured_at=moment,
-                        measurand=Measurand.ENERGY_IMPORT, value=import_wh,
-                        received_at=moment))
+                    pending.append(reading(evse, tx, moment, Measurand.ENERGY_IMPORT, import_wh))
                     if exports:
                         export_wh += float(rng.uniform(0.0, 40.0))
-                        pending.append(MeterSample(
-                            station_id=f"CS{evse // 2}", evse_number=evse % 2 + 1,
-                            transaction_id=tx, measured_at=moment,
-                            measurand=Measurand.ENERGY_EXPORT, value=export_wh,
-                            received_at=moment))
+                        pending.append(reading(evse, tx, moment, Measurand.ENERGY_EXPORT,
+                                               export_wh))
                     if len(pending) >= batch:
                         yield pending
                         pending = []

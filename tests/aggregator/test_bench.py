@@ -7,6 +7,7 @@ pyomo); the pyomo comparison takes a few seconds and is marked slow.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -72,3 +73,20 @@ def test_cli_bench_rejects_bad_arguments(argv: list[str],
         main(argv)
     assert caught.value.code == 2
     assert "--sessions" in capsys.readouterr().err
+
+
+def test_bench_ledger_prints_one_line_per_backend(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from aggregator.bench import bench_ledger, ledger_readings
+
+    url = f"sqlite:///{tmp_path / 'bench.db'}"
+    expected = sum(len(batch) for batch in ledger_readings(3, 1, 100))
+    assert bench_ledger({"sqlite": url}, n_evses=3, days=1, batch=100) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert (first["backend"], first["samples"], first["sessions_settled"]) == (
+        "sqlite", expected, 6)  # three EVSEs, two sessions each
+    assert first["ingest_samples_per_s"] > 0 and first["settle_s"] >= 0
+    assert "settle_month_1000_evse_s" not in first  # only at the full size
+    bench_ledger({"sqlite": url}, n_evses=3, days=1, batch=100)  # the same readings again
+    again = json.loads(capsys.readouterr().out)
+    assert again["samples"] == 0 and again["settled_kwh"] == first["settled_kwh"]
