@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean victoria-metrics
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,12 +28,24 @@ $(PEER_STAMP): $(PEER)/package-lock.json
 		echo "npm is missing: the ocpp-rpc peer tests will be skipped"; \
 	fi
 
+# VictoriaMetrics (Debian package) receives the telemetry tests' InfluxDB-protocol writes.
+victoria-metrics:
+	@if command -v victoria-metrics >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			victoria-metrics >/dev/null; \
+	elif [ "$$CI" = "true" ]; then \
+		echo "victoria-metrics is missing and cannot be installed (CI)"; exit 1; \
+	else \
+		echo "victoria-metrics is missing: the telemetry tests will be skipped"; \
+	fi
+
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/gridflex demo
 
-test: $(STAMP) $(PEER_STAMP)
+test: $(STAMP) $(PEER_STAMP) victoria-metrics
 	$(BIN)/python -m pytest -q
 	$(BIN)/ruff check aggregator adapters optimizer tests
 	$(BIN)/mypy
