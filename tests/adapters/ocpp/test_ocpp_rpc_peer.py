@@ -30,9 +30,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from adapters.ocpp.csms import Csms, CsmsConfig, MemorySink, StationConfig
+from adapters.ocpp.csms import Csms, MemorySink, StationConfig
 from adapters.ocpp.profiles import ProfileRequest, set_charging_profile
 from aggregator.model import Evse, Measurand, MeterSample, OcppVersion
+from tests.adapters.ocpp.test_csms import run as run_csms
 
 PEER = Path(__file__).resolve().parents[2] / "peers" / "ocpp_rpc"
 STATION_JS = PEER / "station.js"
@@ -204,18 +205,8 @@ class CountingSink(MemorySink):
 
 
 def run(body: Callable[[Csms, str], Awaitable[None]]) -> Csms:
-    """Start a CSMS (security profile 1) on a free loopback port, run ``body``, stop it."""
-    csms = Csms(CsmsConfig(stations=STATIONS, security_profile=1), CountingSink())
-
-    async def main() -> None:
-        port = await csms.start()
-        try:
-            await asyncio.wait_for(body(csms, f"ws://127.0.0.1:{port}"), 25)
-        finally:
-            await asyncio.wait_for(csms.stop(), 10)
-
-    asyncio.run(main())
-    return csms
+    """The CSMS test harness (security profile 1) with this file's stations and sink."""
+    return run_csms(body, sink=CountingSink(), stations=STATIONS, security_profile=1)
 
 
 async def until(condition: Callable[[], bool], what: str) -> None:
