@@ -3,7 +3,8 @@
 Ingestion is idempotent on the sample's natural key (a unique constraint, inserts that
 conflict do nothing), so a station's retransmission or a replayed batch is stored once.
 Times are UTC microseconds (``*_us``), exact and identical on both databases; missing
-key parts are stored as ``''`` because NULLs never collide in a unique constraint.
+key parts are stored as ``''`` because NULLs never collide in a unique constraint.  The
+schema comes from the alembic migrations in ``aggregator/migrations``.
 SQLite runs in WAL mode with full synchronous commits: a committed batch survives a kill.
 """
 
@@ -13,6 +14,7 @@ import asyncio
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlalchemy import (
     BigInteger,
@@ -91,7 +93,18 @@ class Ledger:
         elif self.engine.dialect.name != "postgresql":
             raise ValueError(f"url: only sqlite and postgresql are supported, got "
                              f"{self.engine.dialect.name!r}")
-        metadata.create_all(self.engine)
+        self.migrate()
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (alembic; a no-op when current)."""
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
 
     def add_samples(self, samples: Sequence[MeterSample]) -> int:
         """Store samples in one transaction; returns how many were new (duplicates skip)."""

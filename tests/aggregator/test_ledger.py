@@ -168,3 +168,17 @@ def test_concurrent_writers_store_each_sample_once(ledger: Ledger) -> None:
         _, errors = writer.communicate(timeout=120)
         assert writer.returncode == 0, errors
     assert ledger.count() == 10_000  # the same 10,000 samples, written twice over
+
+
+def test_the_migrations_build_exactly_the_declared_schema(ledger: Ledger) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from aggregator.ledger import metadata
+
+    with ledger.engine.connect() as connection:
+        context = MigrationContext.configure(connection)
+        assert context.get_current_revision() == "0001"
+        assert compare_metadata(context, metadata) == []  # no drift between code and schema
+    ledger.migrate()  # running again changes nothing
+    assert ledger.add_samples([reading(0, 1.0)]) == 1
