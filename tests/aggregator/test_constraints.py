@@ -1,0 +1,132 @@
+"""The constraint book: most restrictive wins, link loss falls back safely, and it says why."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from aggregator.constraints import (
+    SAFE_DEFAULT_SOURCE,
+    BookChange,
+    ChangeKind,
+    ConstraintBook,
+    SafeDefault,
+)
+from aggregator.model import GridConstraint, ModelError
+
+T0 = datetime(2026, 11, 21, 16, tzinfo=UTC)
+H = timedelta(hours=1)
+
+
+def cap(source: str, ref: str, start: datetime, end: datetime, *, node: str = "site-a",
+        import_kw: float | None = None, export_kw: float | None = None,
+        expires: datetime | None = None, received: datetime = T0) -> GridConstraint:
+    return GridConstraint(node_id=node, start=start, end=end, source=source, source_ref=ref,
+                          received_at=received, import_max_kw=import_kw, export_max_kw=export_kw,
+                          expires_at=expires)
+
+
+def test_most_restrictive_cap_wins_across_sources_and_why_names_both() -> None:
+    book = ConstraintBook(started_at=T0)
+    book.publish("openadr", "event:e1", [cap("openadr", "event e1 mod 0", T0, T0 + 2 * H,
+                                             import_kw=120)], at=T0)
+    book.publish("iec61850", "ied1:ChaPwrLim", [cap("iec61850", "ied1 ChaPwrLim=80kW",
+                                                    T0 + H, T0 + 3 * H, import_kw=80)], at=T0)
+    assert book.limit_kw("site-a", "import", T0) == 120
+    assert book.limit_kw("site-a", "import", T0 + H) == 80
+    assert book.limit_kw("site-a", "export", T0 + H) is None
+    reasons = book.why("site-a", T0 + 90 * timedelta(minutes=1))
+    assert [(r.limit_kw, r.binding, r.constraint.source) for r in reasons] == [
+        (80, True, "iec61850"), (120, False, "openadr")]
+    assert "binding" in reasons[0].describe() and "ied1 ChaPwrLim=80kW" in reasons[0].describe()
+
+
+def test_publish_replaces_the_scope_and_withdraw_removes_it() -> None:
+    book = ConstraintBook(started_at=T0)
+    changes: list[BookChange] = []
+    book.subscribe(changes.append)
+    book.publish("openadr", "event:e1", [cap("openadr", "mod 0", T0, T0 + H, import_kw=50)], at=T0)
+    book.publish("openadr", "event:e1", [cap("openadr", "mod 1", T0, T0 + H, import_kw=70)], at=T0)
+    assert book.limit_kw("site-a", "import", T0) == 70
+    # the same content again is a poll, not a change
+    book.publish("openadr", "event:e1", [cap("openadr", "mod 1", T0, T0 + H, import_kw=70)], at=T0)
+    book.withdraw("openadr", "event:e1", at=T0 + timedelta(minutes=5), reason="cancelled")
+    assert book.limit_kw("site-a", "import", T0 + timedelta(minutes=6)) is None
+    assert [c.kind for c in changes] == [ChangeKind.PUBLISHED, ChangeKind.PUBLISHED,
+                                         ChangeKind.WITHDRAWN]
+    assert changes[-1].reason == "cancelled"
+    book.withdraw("openadr", "event:e1", at=T0 + H, reason="again")  # nothing left to withdraw
+    assert len(book.journal) == 3
+
+
+def test_publishing_nothing_withdraws() -> None:
+    book = ConstraintBook(started_at=T0)
+    book.publish("openadr", "event:e1", [cap("openadr", "mod 0", T0, T0 + H, import_kw=50)], at=T0)
+    book.publish("openadr", "event:e1", [], at=T0)
+    assert book.published() == []
+
+
+def test_publish_rejects_constraints_of_another_source() -> None:
+    book = ConstraintBook(started_at=T0)
+    with pytest.raises(ModelError, match="constraints"):
+        book.publish("openadr", "x", [cap("iec61850", "r", T0, T0 + H, import_kw=1)], at=T0)
+
+
+def test_expired_constraints_leave_the_book_answer() -> None:
+    book = ConstraintBook(started_at=T0)
+    book.publish("iec61850", "ied1", [cap("iec61850", "ttl", T0, T0 + 4 * H, import_kw=40,
+                                          expires=T0 + H)], at=T0)
+    assert book.limit_kw("site-a", "import", T0 + 30 * timedelta(minutes=1)) == 40
+    assert book.limit_kw("site-a", "import", T0 + H) is None
+    assert book.active(T0 + H, T0 + 2 * H) == []
+
+
+def test_safe_default_holds_until_first_contact() -> None:
+    book = ConstraintBook(started_at=T0, defaults=[SafeDefault("openadr", "site-a",
+                                                               import_max_kw=30)])
+    reasons = book.why("site-a", T0)
+    assert len(reasons) == 1 and reasons[0].limit_kw == 30
+    assert reasons[0].constraint.source == SAFE_DEFAULT_SOURCE
+    assert "no contact yet" in reasons[0].constraint.source_ref
+    book.link_up("openadr", at=T0 + timedelta(minutes=1))
+    assert book.limit_kw("site-a", "import", T0 + timedelta(minutes=2)) is None
+
+
+def test_link_loss_keeps_last_limit_until_expiry_then_safe_default() -> None:
+    book = ConstraintBook(started_at=T0, defaults=[
+        SafeDefault("iec61850", "site-a", import_max_kw=25, export_max_kw=0)])
+    book.link_up("iec61850", at=T0)
+    book.publish("iec61850", "ied1", [cap("iec61850", "limit 90", T0, T0 + 8 * H, import_kw=90,
+                                          expires=T0 + 2 * H)], at=T0)
+    lost_at = T0 + H
+    book.link_lost("iec61850", at=lost_at, reason="connection refused")
+    # the last valid limit holds while it is valid; export had no limit: default at once
+    assert book.limit_kw("site-a", "import", lost_at + timedelta(minutes=30)) == 90
+    assert book.limit_kw("site-a", "export", lost_at + timedelta(minutes=30)) == 0
+    # after its expiry the safe default applies, with its reason
+    later = T0 + 2 * H + timedelta(minutes=1)
+    assert book.limit_kw("site-a", "import", later) == 25
+    [reason] = [r for r in book.why("site-a", later) if r.direction == "import"]
+    assert "connection refused" in reason.constraint.source_ref
+    # the fallback windows over a horizon: the gap after expiry only
+    spans = [(c.start, c.end) for c in book.active(T0, T0 + 4 * H)
+             if c.source == SAFE_DEFAULT_SOURCE and c.import_max_kw is not None]
+    assert spans == [(T0 + 2 * H, T0 + 4 * H)]
+    # a link that comes back ends the fallback; repeated reports are not new changes
+    book.link_up("iec61850", at=later)
+    book.link_up("iec61850", at=later)
+    assert book.limit_kw("site-a", "import", later) is None
+    assert [c.kind for c in book.journal].count(ChangeKind.LINK_UP) == 2
+
+
+def test_a_default_is_per_source_and_node() -> None:
+    with pytest.raises(ModelError, match="defaults"):
+        ConstraintBook(started_at=T0, defaults=[SafeDefault("a", "n", import_max_kw=1),
+                                                SafeDefault("a", "n", export_max_kw=1)])
+    with pytest.raises(ModelError, match="import_max_kw"):
+        SafeDefault("a", "n")
+    with pytest.raises(ModelError, match="export_max_kw"):
+        SafeDefault("a", "n", export_max_kw=-1)
+    with pytest.raises(ModelError, match="started_at"):
+        ConstraintBook(started_at=datetime(2026, 1, 1))
