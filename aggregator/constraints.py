@@ -19,15 +19,23 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
-from aggregator.model import GridConstraint, ModelError, _finite, _identifier, require_utc
+from aggregator.model import (
+    GridConstraint,
+    ModelError,
+    PriceSignal,
+    _finite,
+    _identifier,
+    require_utc,
+)
 
 log = logging.getLogger(__name__)
 
 Direction = Literal["import", "export"]
 DIRECTIONS: tuple[Direction, Direction] = ("import", "export")
 SAFE_DEFAULT_SOURCE = "safe-default"
+_T = TypeVar("_T")
 
 
 class ConstraintSink(Protocol):
@@ -39,6 +47,10 @@ class ConstraintSink(Protocol):
 
     def withdraw(self, source: str, scope: str, at: datetime, reason: str) -> None:
         """Drop what ``source`` said under ``scope`` (an event cancelled or ended)."""
+
+    def publish_prices(self, source: str, scope: str, prices: Sequence[PriceSignal],
+                       at: datetime) -> None:
+        """Replace the prices ``source`` gave under ``scope`` (withdraw drops them too)."""
 
     def link_up(self, source: str, at: datetime) -> None:
         """Report a successful contact with the source's server."""
@@ -72,6 +84,7 @@ class SafeDefault:
 
 class ChangeKind(StrEnum):
     PUBLISHED = "published"
+    PRICES = "prices"
     WITHDRAWN = "withdrawn"
     LINK_UP = "link_up"
     LINK_LOST = "link_lost"
@@ -119,6 +132,7 @@ class ConstraintBook:
     started_at: datetime
     defaults: Sequence[SafeDefault] = ()
     _scopes: dict[tuple[str, str], tuple[GridConstraint, ...]] = field(default_factory=dict)
+    _prices: dict[tuple[str, str], tuple[PriceSignal, ...]] = field(default_factory=dict)
     _links: dict[str, _Link] = field(default_factory=dict)
     _journal: list[BookChange] = field(default_factory=list)
     _listeners: list[Callable[[BookChange], None]] = field(default_factory=list)
@@ -138,29 +152,38 @@ class ConstraintBook:
     # -- the sink side ------------------------------------------------------------------
     def publish(self, source: str, scope: str, constraints: Sequence[GridConstraint],
                 at: datetime) -> None:
-        _identifier(source, "source")
-        _identifier(scope, "scope")
-        at = require_utc(at, "at")
-        items = tuple(constraints)
+        at, items = _checked(source, scope, at, constraints, GridConstraint, "constraints")
         for item in items:
-            if not isinstance(item, GridConstraint):
-                raise ModelError("constraints",
-                                 f"expected GridConstraint, got {type(item).__name__}")
             if item.source != source:
                 raise ModelError("constraints", f"constraint {item.source_ref!r} has source "
                                                 f"{item.source!r}, published as {source!r}")
-        if not items:
-            self.withdraw(source, scope, at, "published empty")
-            return
-        if self._scopes.get((source, scope)) == items:
+        if self._scopes.get((source, scope), ()) == items:
             return  # a re-poll of the same thing is not a change
+        if not items:
+            del self._scopes[(source, scope)]
+            self._record(BookChange(ChangeKind.WITHDRAWN, source, scope, at, "published empty"))
+            return
         self._scopes[(source, scope)] = items
         refs = ", ".join(sorted({c.source_ref for c in items}))
         self._record(BookChange(ChangeKind.PUBLISHED, source, scope, at, refs, items))
 
+    def publish_prices(self, source: str, scope: str, prices: Sequence[PriceSignal],
+                       at: datetime) -> None:
+        at, items = _checked(source, scope, at, prices, PriceSignal, "prices")
+        if self._prices.get((source, scope), ()) == items:
+            return
+        if items:
+            self._prices[(source, scope)] = items
+        else:
+            del self._prices[(source, scope)]
+        self._record(BookChange(ChangeKind.PRICES, source, scope, at,
+                                f"{len(items)} price interval(s)"))
+
     def withdraw(self, source: str, scope: str, at: datetime, reason: str) -> None:
         at = require_utc(at, "at")
-        if self._scopes.pop((source, scope), None) is not None:
+        had_limits = self._scopes.pop((source, scope), None) is not None
+        had_prices = self._prices.pop((source, scope), None) is not None
+        if had_limits or had_prices:
             self._record(BookChange(ChangeKind.WITHDRAWN, source, scope, at, reason))
 
     def link_up(self, source: str, at: datetime) -> None:
@@ -200,6 +223,11 @@ class ConstraintBook:
     def published(self) -> list[GridConstraint]:
         """Everything the sources have said and not withdrawn (expired ones included)."""
         return [c for items in self._scopes.values() for c in items]
+
+    def prices(self, start: datetime, end: datetime) -> list[PriceSignal]:
+        """The price signals that overlap ``[start, end)``."""
+        return [p for items in self._prices.values() for p in items
+                if p.start < end and p.end > start]
 
     def active(self, start: datetime, end: datetime) -> list[GridConstraint]:
         """The constraints in force at some moment of ``[start, end)``, safe defaults included."""
@@ -258,6 +286,18 @@ class ConstraintBook:
 
 
 _INSTANT = timedelta(microseconds=1)
+
+
+def _checked(source: str, scope: str, at: datetime, items: Iterable[_T], kind: type[_T],
+             field_name: str) -> tuple[datetime, tuple[_T, ...]]:
+    """Validate what a source publishes: names, a UTC time, and items of the right type."""
+    _identifier(source, "source")
+    _identifier(scope, "scope")
+    checked = tuple(items)
+    for item in checked:
+        if not isinstance(item, kind):
+            raise ModelError(field_name, f"expected {kind.__name__}, got {type(item).__name__}")
+    return require_utc(at, "at"), checked
 
 
 def _cap(constraint: GridConstraint, direction: Direction) -> float | None:

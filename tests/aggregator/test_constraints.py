@@ -13,7 +13,7 @@ from aggregator.constraints import (
     ConstraintBook,
     SafeDefault,
 )
-from aggregator.model import GridConstraint, ModelError
+from aggregator.model import GridConstraint, ModelError, PriceSignal
 
 T0 = datetime(2026, 11, 21, 16, tzinfo=UTC)
 H = timedelta(hours=1)
@@ -130,3 +130,16 @@ def test_a_default_is_per_source_and_node() -> None:
         SafeDefault("a", "n", export_max_kw=-1)
     with pytest.raises(ModelError, match="started_at"):
         ConstraintBook(started_at=datetime(2026, 1, 1))
+
+
+def test_prices_are_published_per_scope_and_withdrawn_with_it() -> None:
+    book = ConstraintBook(started_at=T0)
+    price = PriceSignal(start=T0, end=T0 + H, import_price_per_kwh=0.4,
+                        export_price_per_kwh=0.3, source="openadr")
+    book.publish_prices("openadr", "event:p", [price], at=T0)
+    book.publish_prices("openadr", "event:p", [price], at=T0)  # unchanged: not journaled
+    assert book.prices(T0 + H / 2, T0 + 2 * H) == [price]
+    assert book.prices(T0 + H, T0 + 2 * H) == []
+    book.withdraw("openadr", "event:p", at=T0, reason="cancelled")
+    assert book.prices(T0, T0 + H) == []
+    assert [c.kind for c in book.journal] == [ChangeKind.PRICES, ChangeKind.WITHDRAWN]
