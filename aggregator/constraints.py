@@ -14,6 +14,7 @@ successful contact the safe default holds.  Every change is journaled with its r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from aggregator.model import (
     _identifier,
     require_utc,
 )
+from aggregator.scenario import Scenario
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +265,23 @@ class ConstraintBook:
                         received_at=link.since,
                         import_max_kw=limit if direction == "import" else None,
                         export_max_kw=limit if direction == "export" else None)
+
+    def context_for(self, scenario: Scenario) -> Scenario:
+        """``scenario`` with the book's limits and prices over its horizon added to its own.
+
+        Limits on nodes the scenario's tree does not hold cannot be planned for: they are
+        left out with a warning naming them.
+        """
+        known = {n.node_id for n in scenario.tree.nodes} | {e.evse_id
+                                                            for e in scenario.tree.evses}
+        found = self.active(scenario.start, scenario.end)
+        unknown = sorted({c.node_id for c in found if c.node_id not in known})
+        if unknown:
+            log.warning("constraint book: limits on unknown nodes %s are not planned", unknown)
+        return dataclasses.replace(
+            scenario,
+            constraints=scenario.constraints + tuple(c for c in found if c.node_id in known),
+            prices=scenario.prices + tuple(self.prices(scenario.start, scenario.end)))
 
     def limit_kw(self, node_id: str, direction: Direction, at: datetime) -> float | None:
         """The most restrictive cap in force on ``node_id`` at ``at`` (None: no limit)."""

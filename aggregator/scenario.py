@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from aggregator.model import (
     GridConstraint,
@@ -86,3 +87,20 @@ class Scenario:
     @property
     def end(self) -> datetime:
         return self.start + self.n_intervals * self.interval
+
+
+def shift_scenario(scenario: Scenario, delta: timedelta) -> Scenario:
+    """The same scenario moved by ``delta`` in time (to replay or demo it at another date)."""
+
+    def moved(item: Any, *names: str) -> Any:
+        changes = {name: getattr(item, name) + delta for name in names
+                   if getattr(item, name) is not None}
+        return replace(item, **changes)
+
+    return replace(
+        scenario, start=scenario.start + delta,
+        sessions=tuple(moved(s, "arrival", "departure") for s in scenario.sessions),
+        constraints=tuple(moved(c, "start", "end", "received_at", "expires_at")
+                          for c in scenario.constraints),
+        prices=tuple(moved(p, "start", "end") for p in scenario.prices),
+        loads=tuple(moved(load, "start", "end") for load in scenario.loads))

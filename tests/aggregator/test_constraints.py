@@ -14,6 +14,7 @@ from aggregator.constraints import (
     SafeDefault,
 )
 from aggregator.model import GridConstraint, ModelError, PriceSignal
+from aggregator.scenario import Scenario
 
 T0 = datetime(2026, 11, 21, 16, tzinfo=UTC)
 H = timedelta(hours=1)
@@ -143,3 +144,18 @@ def test_prices_are_published_per_scope_and_withdrawn_with_it() -> None:
     book.withdraw("openadr", "event:p", at=T0, reason="cancelled")
     assert book.prices(T0, T0 + H) == []
     assert [c.kind for c in book.journal] == [ChangeKind.PRICES, ChangeKind.WITHDRAWN]
+
+
+def test_context_for_adds_the_books_limits_on_known_nodes(shipped_scenario: Scenario) -> None:
+    book = ConstraintBook(started_at=shipped_scenario.start)
+    start = shipped_scenario.start
+    book.publish("openadr", "e", [cap("openadr", "known", start, start + H, import_kw=10),
+                                  cap("openadr", "elsewhere", start, start + H, node="zz",
+                                      import_kw=1)], at=start)
+    price = PriceSignal(start=start, end=start + H, import_price_per_kwh=1.0,
+                        export_price_per_kwh=0.5)
+    book.publish_prices("openadr", "e", [price], at=start)
+    planned = book.context_for(shipped_scenario)
+    assert planned.constraints[:-1] == shipped_scenario.constraints
+    assert planned.constraints[-1].source_ref == "known"
+    assert planned.prices[-1] == price and planned.sessions == shipped_scenario.sessions

@@ -14,8 +14,14 @@ from typing import Any
 from adapters.openadr.config import VenConfig
 from adapters.openadr.ven import NodeTelemetry, Ven
 from adapters.openadr.vtn import Interval, LoopbackVtn
+from aggregator.audit import cap_violations, node_base_load_kw
 from aggregator.constraints import ChangeKind, ConstraintBook, SafeDefault
-from aggregator.opt_policy import OptDecision
+from aggregator.opt_policy import FeasibilityPolicy, OptDecision
+from aggregator.planning import build_problem, explain_binding, to_schedule
+from aggregator.scenario import shift_scenario
+from aggregator.scenario_file import load_scenario
+from optimizer import solve
+from tests.aggregator.conftest import SHIPPED_SCENARIO
 
 M = timedelta(minutes=1)
 
@@ -328,3 +334,45 @@ async def test_a_modification_racing_the_opt_reply_is_recovered(rig: Rig) -> Non
     assert rig.vtn.opt_replies == [(rig.ven_id, "race", "optIn")]
     assert rig.book.limit_kw("site-a", "import", start) == 80
     assert rig.ven.events["race"].plan.modification_number == 1
+
+
+@in_loop
+async def test_a_dso_event_reaches_the_plan_end_to_end(tmp_path: Path) -> None:
+    """VTN event -> VEN -> constraint book -> plan: the cap holds and the plan says why."""
+    shipped = load_scenario(SHIPPED_SCENARIO)  # moved to tomorrow: the VTN runs on real time
+    delta = (now() - shipped.start).days * timedelta(days=1) + timedelta(days=1)
+    scenario = shift_scenario(shipped, delta)
+    night = datetime(2026, 11, 21, 2, tzinfo=UTC) + delta  # the fleet charges hardest then
+    vtn = LoopbackVtn(port=free_port())
+    await vtn.start()
+    book = ConstraintBook(started_at=scenario.start)
+    config = ven_config(vtn, tmp_path, programs={
+        "oadr://dso/caps": {"mandatory": True, "simple_levels_kw": {"2": 30}}})
+    ven = Ven(config, book, clock=lambda: scenario.start + timedelta(hours=4),
+              opt_policy=FeasibilityPolicy(snapshot=lambda: book.context_for(scenario)))
+    try:
+        assert await ven.register()
+        vtn.add_event(ven.ven_id or "", "peak", "SIMPLE", "level",
+                      [Interval(night, 2 * timedelta(hours=1), 2)],
+                      market_context="oadr://dso/caps", targets=[{"resource_id": "site-b"}])
+        await ven.poll_once()
+        assert ven.events["peak"].applied
+        planned = book.context_for(scenario)
+        problem, index = build_problem(planned)
+        solution = solve(problem)
+        assert solution.ok
+        schedule = to_schedule(solution, problem, index)
+        assert cap_violations(planned, schedule) == []
+        load = schedule.node_load_kw(planned.tree, "site-b")
+        window = load.index[(load.index >= night) & (load.index < night + timedelta(hours=2))]
+        base = node_base_load_kw(planned, "site-b", load.index)
+        assert (load + base)[window].max() <= 30 + 1e-6
+        # without the event the plan would have drawn more there
+        plain, plain_index = build_problem(scenario)
+        free = to_schedule(solve(plain), plain, plain_index).node_load_kw(scenario.tree, "site-b")
+        assert (free + base)[window].max() > 30 + 1e-6
+        reasons = " ".join(explain_binding(solution, problem, index))
+        assert "openadr event peak mod 0" in reasons
+    finally:
+        await ven.stop()
+        await vtn.stop()
