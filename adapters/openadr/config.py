@@ -47,7 +47,11 @@ class ProgramConfig:
 
 @dataclass(frozen=True, slots=True)
 class VenConfig:
-    """Everything the VEN needs; see ``from_mapping`` for the accepted keys."""
+    """Everything the VEN needs; see ``from_mapping`` for the accepted keys.
+
+    ``opt_policy`` names the aggregator policy the service hands the VEN ("always", or
+    "feasible": opt in only when the fleet can meet the event).
+    """
 
     vtn_url: str
     ven_name: str
@@ -61,6 +65,7 @@ class VenConfig:
     ca_file: Path | None = None
     vtn_fingerprint: str | None = None
     require_signed: bool = False
+    check_hostname: bool = True
     poll_interval_s: float | None = None
     opt_policy: OptPolicyName = "always"
     randomization_seed: int = 0
@@ -78,8 +83,8 @@ class VenConfig:
             raise VenConfigError(prefix, "must be a table")
         known = {"vtn_url", "ven_name", "state_file", "programs", "targets", "default_nodes",
                  "node_max_import_kw", "cert", "key", "ca_file", "vtn_fingerprint",
-                 "require_signed", "poll_interval_s", "opt_policy", "randomization_seed",
-                 "report_resources"}
+                 "require_signed", "check_hostname", "poll_interval_s", "opt_policy",
+                 "randomization_seed", "report_resources"}
         for name in data:
             if name not in known:
                 raise VenConfigError(f"{prefix}.{name}", f"unknown key (known: {sorted(known)})")
@@ -123,6 +128,7 @@ class VenConfig:
                                           f"{prefix}.node_max_import_kw").items()},
             cert=cert, key=key, ca_file=_path(data, "ca_file", prefix),
             vtn_fingerprint=fingerprint, require_signed=require_signed,
+            check_hostname=_flag(data, "check_hostname", prefix, True),
             poll_interval_s=poll, opt_policy=policy, randomization_seed=seed,
             report_resources=_names(data.get("report_resources", []),
                                     f"{prefix}.report_resources"),

@@ -152,7 +152,7 @@ class Ven:
             key=str(config.key) if config.key else None,
             ca_file=str(config.ca_file) if config.ca_file else None,
             vtn_fingerprint=config.vtn_fingerprint, show_fingerprint=False,
-            disable_signature=config.cert is None, check_hostname=False,
+            disable_signature=config.cert is None, check_hostname=config.check_hostname,
             allow_jitter=False)
         if state.get("registration_id"):
             self.client.registration_id = state["registration_id"]
