@@ -36,6 +36,7 @@ from openleadr import OpenADRClient
 from adapters.openadr.config import VenConfig
 from adapters.openadr.signals import SOURCE, BaselineKw, EventError, EventPlan, translate
 from aggregator.constraints import ConstraintSink
+from aggregator.dr_events import DrEvent
 from aggregator.opt_policy import OptDecision, always_opt_in
 
 log = logging.getLogger(__name__)
@@ -131,12 +132,14 @@ class Ven:
     def __init__(self, config: VenConfig, book: ConstraintSink, *,
                  opt_policy: OptPolicy = always_opt_in, baseline_kw: BaselineKw | None = None,
                  telemetry: Telemetry | None = None, clock: Clock | None = None,
-                 report_interval: timedelta = timedelta(seconds=10)) -> None:
+                 report_interval: timedelta = timedelta(seconds=10),
+                 journal: Callable[[DrEvent], object] | None = None) -> None:
         self.config = config
         self.book = book
         self.opt_policy = opt_policy
         self.baseline_kw = baseline_kw
         self.telemetry = telemetry
+        self.journal = journal  # e.g. functools.partial(record_event, ledger)
         self.clock: Clock = clock or (lambda: datetime.now(UTC))
         self.events: dict[str, EventRecord] = {}
         self.decisions: list[tuple[datetime, str, int, OptDecision]] = []
@@ -282,25 +285,33 @@ class Ven:
     async def handle_event(self, event: dict[str, Any]) -> str:
         """Translate, decide and apply one event (new or modified); return optIn / optOut."""
         now = self.clock()
-        event_id = str(event.get("event_descriptor", {}).get("event_id", "?"))
+        descriptor = event.get("event_descriptor")
+        descriptor = descriptor if isinstance(descriptor, dict) else {}
+        event_id = str(descriptor.get("event_id", "?"))
         try:
             plan = translate(event, self.config, received_at=now, baseline_kw=self.baseline_kw)
         except EventError as err:
             log.error("OpenADR event %s rejected: %s", event_id, err)
             decision = OptDecision(False, f"event cannot be read: {err}")
-            self.decisions.append((now, event_id, -1, decision))
+            modification = descriptor.get("modification_number")
+            modification = modification if isinstance(modification, int) else -1
+            self.decisions.append((now, event_id, modification, decision))
+            await self._journal(DrEvent(
+                source=SOURCE, event_id=event_id, modification_number=modification,
+                status="invalid", program="", received_at=now, start=now, end=now,
+                test_event=False, opt_in=False, applied=False, reason=decision.reason))
             return "optOut"
         previous = self.events.get(plan.event_id)
         if plan.cancelled:
             self._withdraw(plan.event_id, "cancelled by the VTN")
             decision = OptDecision(True, "cancellation acknowledged")
-            self._keep(plan, decision, applied=False, previous=previous)
+            await self._keep(plan, decision, applied=False, previous=previous)
             return "optIn"
         if plan.test_event:
             decision = OptDecision(True, "test event: logged, no action")
             log.info("OpenADR test event %s mod %s: no action", plan.event_id,
                      plan.modification_number)
-            self._keep(plan, decision, applied=False, previous=previous)
+            await self._keep(plan, decision, applied=False, previous=previous)
             return "optIn"
         if not plan.nodes:
             decision = OptDecision(False, "not applicable: no configured grid node for the "
@@ -322,7 +333,7 @@ class Ven:
             log.warning("OpenADR event %s mod %s: opt out (%s)%s", plan.event_id,
                         plan.modification_number, decision.reason,
                         "; limits applied anyway (mandatory program)" if apply else "")
-        self._keep(plan, decision, applied=apply, previous=previous)
+        await self._keep(plan, decision, applied=apply, previous=previous)
         return "optIn" if decision.opt_in else "optOut"
 
     def implied_cancellations(self, present: set[str]) -> list[str]:
@@ -335,14 +346,25 @@ class Ven:
             del self.events[event_id]
         return gone
 
-    def _keep(self, plan: EventPlan, decision: OptDecision, *, applied: bool,
-              previous: EventRecord | None) -> None:
+    async def _keep(self, plan: EventPlan, decision: OptDecision, *, applied: bool,
+                    previous: EventRecord | None) -> None:
         record = EventRecord(plan, decision, applied,
                              list(previous.history) if previous is not None else [])
         record.history.append(f"mod {plan.modification_number} {plan.status}: "
                               f"{'in' if decision.opt_in else 'out'} ({decision.reason})")
         self.events[plan.event_id] = record
         self.decisions.append((self.clock(), plan.event_id, plan.modification_number, decision))
+        await self._journal(DrEvent(
+            source=SOURCE, event_id=plan.event_id, modification_number=plan.modification_number,
+            status=plan.status, program=plan.market_context, received_at=self.clock(),
+            start=plan.start, end=plan.end, test_event=plan.test_event,
+            opt_in=decision.opt_in, applied=applied, reason=decision.reason,
+            limits=plan.constraints, prices=plan.prices))
+
+    async def _journal(self, record: DrEvent) -> None:
+        """Hand the record to the event journal (the ledger) off the event loop."""
+        if self.journal is not None:
+            await asyncio.to_thread(self.journal, record)
 
     def _withdraw(self, event_id: str, reason: str) -> None:
         timer = self._timers.pop(event_id, None)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 
+from aggregator.ledger import Ledger
 from aggregator.model import Schedule
 from aggregator.planning import PlanIndex, build_problem, to_schedule
 from aggregator.scenario import Scenario
@@ -14,6 +19,37 @@ from aggregator.scenario_file import load_scenario
 from optimizer import solve
 from optimizer.problem import FlexProblem
 from optimizer.solution import Solution
+from tests.peers.availability import missing_peer
+
+POSTGRES = os.environ.get("GRIDFLEX_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def postgres_ledger() -> Iterator[Ledger]:
+    """A ledger in a fresh schema of the local PostgreSQL (dropped afterwards)."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(POSTGRES)
+    try:
+        with admin.begin() as connection:
+            connection.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
+    except sqlalchemy.exc.OperationalError as err:
+        missing_peer(f"no PostgreSQL at {POSTGRES}: {err}")
+    ledger = Ledger(f"{POSTGRES}?options=-csearch_path%3D{schema}")
+    try:
+        yield ledger
+    finally:
+        ledger.engine.dispose()
+        with admin.begin() as connection:
+            connection.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
+    if request.param == "sqlite":
+        yield Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    else:
+        yield from postgres_ledger()
+
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_SCENARIO = REPO_ROOT / "scenarios" / "office-evening-cap.yaml"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import socket
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,8 @@ from adapters.openadr.ven import NodeTelemetry, Ven
 from adapters.openadr.vtn import Interval, LoopbackVtn
 from aggregator.audit import cap_violations, node_base_load_kw
 from aggregator.constraints import ChangeKind, ConstraintBook, SafeDefault
+from aggregator.dr_events import journal, record_event
+from aggregator.ledger import Ledger
 from aggregator.opt_policy import FeasibilityPolicy, OptDecision
 from aggregator.planning import build_problem, explain_binding, to_schedule
 from aggregator.scenario import shift_scenario
@@ -373,6 +376,36 @@ async def test_a_dso_event_reaches_the_plan_end_to_end(tmp_path: Path) -> None:
         assert (free + base)[window].max() > 30 + 1e-6
         reasons = " ".join(explain_binding(solution, problem, index))
         assert "openadr event peak mod 0" in reasons
+    finally:
+        await ven.stop()
+        await vtn.stop()
+
+
+@in_loop
+async def test_every_modification_lands_in_the_event_journal(tmp_path: Path) -> None:
+    vtn = LoopbackVtn(port=free_port())
+    await vtn.start()
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ven = Ven(ven_config(vtn, tmp_path), ConstraintBook(started_at=now()),
+              journal=functools.partial(record_event, ledger))
+    try:
+        await ven.register()
+        start = now() + 10 * M
+        vtn.add_event(ven.ven_id or "", "j1", "SIMPLE", "level", [Interval(start, 30 * M, 1)],
+                      market_context="oadr://dso/caps")
+        await ven.poll_once()
+        vtn.modify_event(ven.ven_id or "", "j1", [Interval(start, 30 * M, 2)])
+        await ven.poll_once()
+        vtn.cancel_event(ven.ven_id or "", "j1")
+        await ven.poll_once()
+        vtn.add_event(ven.ven_id or "", "bad", "SIMPLE", "level", [Interval(start, 5 * M, 2)],
+                      market_context="oadr://nowhere")
+        await ven.poll_once()
+        rows = [(e.event_id, e.modification_number, e.status, e.applied,
+                 [c.import_max_kw for c in e.limits]) for e in journal(ledger)]
+        assert rows == [("j1", 0, "far", True, [150.0]), ("j1", 1, "far", True, [80.0]),
+                        ("j1", 2, "cancelled", False, [80.0]), ("bad", 0, "invalid", False, [])]
+        assert "signal_payload" in journal(ledger, event_id="bad")[0].reason
     finally:
         await ven.stop()
         await vtn.stop()
