@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -18,15 +17,10 @@ import pytest
 
 from adapters.influx.sink import TelemetrySink, sample_points, schedule_points
 from aggregator.model import Measurand, MeterSample, Schedule
+from tests.peers.net import free_port
 
 T0 = datetime(2026, 11, 20, 16, tzinfo=UTC)
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ from openleadr import utils as oadr_utils
 from adapters.openadr.ven import Ven
 from adapters.openadr.vtn import Interval, LoopbackVtn
 from aggregator.constraints import ConstraintBook
-from tests.adapters.openadr.test_ven import free_port, in_loop, now, ven_config
+from tests.adapters.openadr.test_ven import in_loop, now, ven_config
+from tests.peers.net import free_port
 
 M = timedelta(minutes=1)
 

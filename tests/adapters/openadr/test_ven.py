@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,15 +24,10 @@ from aggregator.scenario import shift_scenario
 from aggregator.scenario_file import load_scenario
 from optimizer import solve
 from tests.aggregator.conftest import SHIPPED_SCENARIO
+from tests.peers.net import free_port
 
 M = timedelta(minutes=1)
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def now() -> datetime:
