@@ -17,17 +17,14 @@ from urllib.parse import urlparse
 from adapters.ieee2030_5.controls import SiteNodes
 from adapters.ieee2030_5.identity import IdentityError, lfdi, sfdi_from_lfdi, sfdi_is_valid
 from adapters.ieee2030_5.xml import DEFAULT_MAX_BODY_BYTES
+from aggregator.model import ModelError
 
 _HEX40 = re.compile(r"[0-9a-fA-F]{40}")
 _HEX_CATEGORY = re.compile(r"[0-9a-fA-F]{1,8}")
 
 
-class Sep2ConfigError(ValueError):
+class Sep2ConfigError(ModelError):
     """A configuration value is wrong; ``field`` is its dotted path."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,16 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
+from aggregator.model import ModelError
+
 OptPolicyName = Literal["always", "feasible"]
 TARGET_TYPES = ("ven_id", "party_id", "resource_id", "group_id")
 
 
-class VenConfigError(ValueError):
+class VenConfigError(ModelError):
     """A VEN configuration value is wrong; ``field`` is its dotted path."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
 
 
 @dataclass(frozen=True, slots=True)

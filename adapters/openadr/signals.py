@@ -42,12 +42,8 @@ _PRICE_SIGNALS = ("ELECTRICITY_PRICE", "ENERGY_PRICE")
 _UNSUPPORTED = ("DEMAND_CHARGE", "BID_PRICE", "BID_LOAD", "BID_ENERGY", "CHARGE_STATE")
 
 
-class EventError(ValueError):
+class EventError(ModelError):
     """An OpenADR event cannot be read; ``field`` names the offending part."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
 
 
 @dataclass(frozen=True, slots=True)
