@@ -75,7 +75,7 @@ class _Client(OpenADRClient):  # type: ignore[misc]
         super().__init__(**kwargs)
         self._ven = ven
         self.received = 0
-        self.last_response_code: int | None = None
+        self.response_codes: dict[str, int | None] = {}  # the last OpenADR code per service
         # the same objects add_report fills; openleadr sets the attributes to None on cancel
         self._report_lists: tuple[list[Any], dict[Any, Any]] = (self.reports,
                                                                  self.report_callbacks)
@@ -96,7 +96,7 @@ class _Client(OpenADRClient):  # type: ignore[misc]
         message_type, payload = result
         if isinstance(payload, dict):
             code = payload.get("response", {}).get("response_code")
-            self.last_response_code = int(code) if code is not None else None
+            self.response_codes[service] = int(code) if code is not None else None
         return message_type, payload
 
     async def poll(self) -> tuple[Any, Any]:
@@ -238,8 +238,8 @@ class Ven:
         await self.client._poll()
         if (self.ven_id, self.registration_id) != ids and self.registration_id:
             self._save_state()  # openleadr re-registered on the VTN's request
-        code = self.client.last_response_code
-        if code is not None and code in (452, 463):  # invalid ID / not registered
+        code = self.client.response_codes.pop("OadrPoll", None)
+        if code in (452, 463):  # the VTN does not know our ven_id / registration
             self.registration_lost(f"VTN answered {code} to a poll")
 
     async def run(self) -> None:

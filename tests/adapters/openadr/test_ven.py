@@ -324,13 +324,15 @@ async def test_a_modification_racing_the_opt_reply_is_recovered(rig: Rig) -> Non
         return OptDecision(True, "ok")
 
     rig.ven.opt_policy = modify_while_deciding
+    registration = rig.ven.registration_id
     await rig.ven.poll_once()
-    assert rig.ven.client.last_response_code == 452
+    assert rig.ven.client.response_codes["EiEvent"] == 452
     assert rig.vtn.opt_replies == []  # the VTN refused the stale reply
     await rig.ven.poll_once()
     assert rig.vtn.opt_replies == [(rig.ven_id, "race", "optIn")]
     assert rig.book.limit_kw("site-a", "import", start) == 80
     assert rig.ven.events["race"].plan.modification_number == 1
+    assert rig.ven.registration_id == registration  # a 452 on a reply is not a lost party
 
 
 @in_loop
