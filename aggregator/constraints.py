@@ -272,15 +272,15 @@ class ConstraintBook:
         Limits on nodes the scenario's tree does not hold cannot be planned for: they are
         left out with a warning naming them.
         """
-        known = {n.node_id for n in scenario.tree.nodes} | {e.evse_id
-                                                            for e in scenario.tree.evses}
+        tree = scenario.tree
         found = self.active(scenario.start, scenario.end)
-        unknown = sorted({c.node_id for c in found if c.node_id not in known})
+        unknown = sorted({c.node_id for c in found if not tree.can_constrain(c.node_id)})
         if unknown:
             log.warning("constraint book: limits on unknown nodes %s are not planned", unknown)
         return dataclasses.replace(
             scenario,
-            constraints=scenario.constraints + tuple(c for c in found if c.node_id in known),
+            constraints=scenario.constraints + tuple(c for c in found
+                                                     if tree.can_constrain(c.node_id)),
             prices=scenario.prices + tuple(self.prices(scenario.start, scenario.end)))
 
     def limit_kw(self, node_id: str, direction: Direction, at: datetime) -> float | None:

@@ -350,6 +350,10 @@ class GridTree:
     def evse(self, evse_id: str) -> Evse:
         return self._evse_by_id[evse_id]
 
+    def can_constrain(self, node_id: str) -> bool:
+        """True if ``node_id`` is a grid node or an EVSE (what a constraint may name)."""
+        return node_id in self._by_id or node_id in self._evse_by_id
+
     def ancestors(self, node_id: str) -> list[str]:
         """The node itself and every node above it, bottom first."""
         chain = [node_id]

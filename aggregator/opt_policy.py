@@ -53,8 +53,7 @@ class FeasibilityPolicy:
     def decide(self, constraints: Sequence[GridConstraint]) -> OptDecision:
         scenario = self.snapshot()
         unknown = sorted({c.node_id for c in constraints
-                          if not scenario.tree.has_node(c.node_id)
-                          and c.node_id not in {e.evse_id for e in scenario.tree.evses}})
+                          if not scenario.tree.can_constrain(c.node_id)})
         if unknown:
             return OptDecision(False, f"event names grid nodes gridflex does not know: {unknown}")
         without = _unmet_kwh(scenario)

@@ -77,7 +77,7 @@ class Scenario:
             seen.add(session.session_id)
         sessions_by_evse(self.sessions)
         for constraint in self.constraints:
-            if not (self.tree.has_node(constraint.node_id) or constraint.node_id in evse_ids):
+            if not self.tree.can_constrain(constraint.node_id):
                 raise ModelError("node_id", f"constraint from {constraint.source_ref!r} names "
                                  f"unknown node {constraint.node_id!r}")
         for load in self.loads:

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 from adapters.ieee2030_5.controls import SiteNodes
 from adapters.ieee2030_5.identity import IdentityError, lfdi, sfdi_from_lfdi, sfdi_is_valid
 from adapters.ieee2030_5.xml import DEFAULT_MAX_BODY_BYTES
+from aggregator.config_fields import FieldReader
 from aggregator.model import ModelError
 
 _HEX40 = re.compile(r"[0-9a-fA-F]{40}")
@@ -25,6 +26,9 @@ _HEX_CATEGORY = re.compile(r"[0-9a-fA-F]{1,8}")
 
 class Sep2ConfigError(ModelError):
     """A configuration value is wrong; ``field`` is its dotted path."""
+
+
+_fields = FieldReader(Sep2ConfigError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,20 +82,20 @@ class ClientConfig:
     def from_mapping(cls, data: Mapping[str, Any], *,
                      prefix: str = "ieee2030_5") -> ClientConfig:
         """Validate a configuration table and build the config (errors name the field)."""
-        table = _table(data, prefix)
+        table = _fields.table(data, prefix)
         known = {"server_url", "dcap_path", "cert_file", "key_file", "ca_file",
                  "allow_plain_http", "request_timeout_s", "max_body_bytes", "page_size",
                  "max_list_items", "poll_rate_s", "post_rate_s", "min_poll_s", "horizon_s",
                  "default_ttl_s", "priority", "sites"}
-        _no_unknown(table, known, prefix)
-        url = _text(table, "server_url", prefix).rstrip("/")
+        _fields.no_unknown(table, known, prefix)
+        url = _fields.text(table, "server_url", prefix).rstrip("/")
         parsed = urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise Sep2ConfigError(f"{prefix}.server_url", f"must be an http(s) URL, got {url!r}")
         if parsed.query or parsed.fragment:
             raise Sep2ConfigError(f"{prefix}.server_url", "must not have a query or fragment")
-        plain = _flag(table, "allow_plain_http", prefix, False)
-        cert, key, ca = (_path(table, name, prefix) for name in ("cert_file", "key_file",
+        plain = _fields.flag(table, "allow_plain_http", prefix, False)
+        cert, key, ca = (_fields.path(table, name, prefix) for name in ("cert_file", "key_file",
                                                                  "ca_file"))
         if parsed.scheme == "http" and not plain:
             raise Sep2ConfigError(f"{prefix}.server_url", "IEEE 2030.5 needs https (mutual "
@@ -125,14 +129,14 @@ class ClientConfig:
 
 
 def _sites(value: Any, where: str) -> dict[str, SiteConfig]:
-    table = _table(value, where)
+    table = _fields.table(value, where)
     if not table:
         raise Sep2ConfigError(where, "configure at least one site")
     sites: dict[str, SiteConfig] = {}
     seen_lfdi: dict[str, str] = {}
     for name, raw in table.items():
         here = f"{where}.{name}"
-        site = _site(str(name), _table(raw, here), here)
+        site = _site(str(name), _fields.table(raw, here), here)
         if site.lfdi in seen_lfdi:
             raise Sep2ConfigError(f"{here}.lfdi", f"same LFDI as site {seen_lfdi[site.lfdi]!r}")
         seen_lfdi[site.lfdi] = site.name
@@ -141,17 +145,17 @@ def _sites(value: Any, where: str) -> dict[str, SiteConfig]:
 
 
 def _site(name: str, table: Mapping[str, Any], where: str) -> SiteConfig:
-    _no_unknown(table, {"node_id", "evses", "lfdi", "sfdi", "cert_file", "nmi",
+    _fields.no_unknown(table, {"node_id", "evses", "lfdi", "sfdi", "cert_file", "nmi",
                         "device_category", "fixed_w_charge_basis_kw",
                         "fixed_w_discharge_basis_kw"}, where)
-    node_id = _text(table, "node_id", where)
+    node_id = _fields.text(table, "node_id", where)
     evses = table.get("evses", [])
     if isinstance(evses, str) or not isinstance(evses, list | tuple):
         raise Sep2ConfigError(f"{where}.evses", "must be a list of EVSE node ids")
     for index, evse in enumerate(evses):
         if not isinstance(evse, str) or not evse:
             raise Sep2ConfigError(f"{where}.evses[{index}]", "must be a non-empty string")
-    given_lfdi, cert = table.get("lfdi"), _path(table, "cert_file", where)
+    given_lfdi, cert = table.get("lfdi"), _fields.path(table, "cert_file", where)
     if (given_lfdi is None) == (cert is None):
         raise Sep2ConfigError(f"{where}.lfdi", "give exactly one of lfdi and cert_file")
     if given_lfdi is not None:
@@ -182,41 +186,6 @@ def _site(name: str, table: Mapping[str, Any], where: str) -> SiteConfig:
                       fixed_w_discharge_basis_kw=discharge)
     return SiteConfig(name=name, nodes=nodes, lfdi=site_lfdi, sfdi=site_sfdi, nmi=nmi,
                       device_category=category)
-
-
-def _no_unknown(table: Mapping[str, Any], known: set[str], where: str) -> None:
-    for key in table:
-        if key not in known:
-            raise Sep2ConfigError(f"{where}.{key}", f"unknown key (known: {sorted(known)})")
-
-
-def _table(value: Any, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise Sep2ConfigError(where, "must be a table")
-    return value
-
-
-def _text(table: Mapping[str, Any], key: str, where: str) -> str:
-    value = table.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise Sep2ConfigError(f"{where}.{key}", "required, a non-empty string")
-    return value
-
-
-def _path(table: Mapping[str, Any], key: str, where: str) -> Path | None:
-    value = table.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise Sep2ConfigError(f"{where}.{key}", "must be a file path")
-    return Path(value)
-
-
-def _flag(table: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
-    value = table.get(key, default)
-    if not isinstance(value, bool):
-        raise Sep2ConfigError(f"{where}.{key}", "must be true or false")
-    return value
 
 
 def _optional_number(table: Mapping[str, Any], key: str, where: str, *,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
+from aggregator.config_fields import FieldReader
 from aggregator.model import ModelError
 
 OptPolicyName = Literal["always", "feasible"]
@@ -21,6 +22,9 @@ TARGET_TYPES = ("ven_id", "party_id", "resource_id", "group_id")
 
 class VenConfigError(ModelError):
     """A VEN configuration value is wrong; ``field`` is its dotted path."""
+
+
+_fields = FieldReader(VenConfigError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,21 +87,19 @@ class VenConfig:
                  "node_max_import_kw", "cert", "key", "ca_file", "vtn_fingerprint",
                  "require_signed", "check_hostname", "poll_interval_s", "opt_policy",
                  "randomization_seed", "report_resources"}
-        for name in data:
-            if name not in known:
-                raise VenConfigError(f"{prefix}.{name}", f"unknown key (known: {sorted(known)})")
-        vtn_url = _text(data, "vtn_url", prefix)
+        _fields.no_unknown(data, known, prefix)
+        vtn_url = _fields.text(data, "vtn_url", prefix)
         parsed = urlparse(vtn_url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise VenConfigError(f"{prefix}.vtn_url", f"must be an http(s) URL, got {vtn_url!r}")
-        cert = _path(data, "cert", prefix)
-        key = _path(data, "key", prefix)
+        cert = _fields.path(data, "cert", prefix)
+        key = _fields.path(data, "key", prefix)
         if (cert is None) != (key is None):
             raise VenConfigError(f"{prefix}.cert", "give both cert and key, or neither")
         fingerprint = data.get("vtn_fingerprint")
         if fingerprint is not None and not (isinstance(fingerprint, str) and fingerprint):
             raise VenConfigError(f"{prefix}.vtn_fingerprint", "must be a non-empty string")
-        require_signed = _flag(data, "require_signed", prefix, False)
+        require_signed = _fields.flag(data, "require_signed", prefix, False)
         if require_signed and fingerprint is None:
             raise VenConfigError(f"{prefix}.vtn_fingerprint",
                                  "required when require_signed is true (it pins the VTN's key)")
@@ -115,51 +117,22 @@ class VenConfig:
             raise VenConfigError(f"{prefix}.randomization_seed", "must be an integer")
         return cls(
             vtn_url=vtn_url.rstrip("/"),
-            ven_name=_text(data, "ven_name", prefix),
-            state_file=Path(_text(data, "state_file", prefix)),
+            ven_name=_fields.text(data, "ven_name", prefix),
+            state_file=Path(_fields.text(data, "state_file", prefix)),
             programs=_programs(data.get("programs", {}), f"{prefix}.programs"),
             targets=_targets(data.get("targets", {}), f"{prefix}.targets"),
             default_nodes=_names(data.get("default_nodes", []), f"{prefix}.default_nodes"),
             node_max_import_kw={
                 str(node): _number(value, f"{prefix}.node_max_import_kw.{node}", minimum=0.0)
-                for node, value in _table(data.get("node_max_import_kw", {}),
+                for node, value in _fields.table(data.get("node_max_import_kw", {}),
                                           f"{prefix}.node_max_import_kw").items()},
-            cert=cert, key=key, ca_file=_path(data, "ca_file", prefix),
+            cert=cert, key=key, ca_file=_fields.path(data, "ca_file", prefix),
             vtn_fingerprint=fingerprint, require_signed=require_signed,
-            check_hostname=_flag(data, "check_hostname", prefix, True),
+            check_hostname=_fields.flag(data, "check_hostname", prefix, True),
             poll_interval_s=poll, opt_policy=policy, randomization_seed=seed,
             report_resources=_names(data.get("report_resources", []),
                                     f"{prefix}.report_resources"),
         )
-
-
-def _table(value: Any, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise VenConfigError(where, "must be a table")
-    return value
-
-
-def _text(data: Mapping[str, Any], key: str, prefix: str) -> str:
-    value = data.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise VenConfigError(f"{prefix}.{key}", "required, a non-empty string")
-    return value
-
-
-def _path(data: Mapping[str, Any], key: str, prefix: str) -> Path | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise VenConfigError(f"{prefix}.{key}", "must be a file path")
-    return Path(value)
-
-
-def _flag(data: Mapping[str, Any], key: str, prefix: str, default: bool) -> bool:
-    value = data.get(key, default)
-    if not isinstance(value, bool):
-        raise VenConfigError(f"{prefix}.{key}", "must be true or false")
-    return value
 
 
 def _number(value: Any, where: str, *, minimum: float | None = None) -> float:
@@ -181,7 +154,7 @@ def _names(value: Any, where: str) -> tuple[str, ...]:
 
 
 def _targets(value: Any, where: str) -> dict[str, dict[str, tuple[str, ...]]]:
-    table = _table(value, where)
+    table = _fields.table(value, where)
     result: dict[str, dict[str, tuple[str, ...]]] = {}
     for target_type, mapping in table.items():
         if target_type not in TARGET_TYPES:
@@ -189,23 +162,21 @@ def _targets(value: Any, where: str) -> dict[str, dict[str, tuple[str, ...]]]:
                                  f"unknown target type (known: {list(TARGET_TYPES)})")
         result[target_type] = {
             str(name): _names(nodes, f"{where}.{target_type}.{name}")
-            for name, nodes in _table(mapping, f"{where}.{target_type}").items()}
+            for name, nodes in _fields.table(mapping, f"{where}.{target_type}").items()}
     return result
 
 
 def _programs(value: Any, where: str) -> dict[str, ProgramConfig]:
-    table = _table(value, where)
+    table = _fields.table(value, where)
     known = {"mandatory", "simple_levels_kw", "base_import_price_per_kwh", "export_price_ratio",
              "dispatch_setpoint_is_cap", "priority"}
     result: dict[str, ProgramConfig] = {}
     for context, raw in table.items():
         here = f"{where}.{context}"
-        spec = _table(raw, here)
-        for key in spec:
-            if key not in known:
-                raise VenConfigError(f"{here}.{key}", f"unknown key (known: {sorted(known)})")
+        spec = _fields.table(raw, here)
+        _fields.no_unknown(spec, known, here)
         levels: dict[int, float] = {}
-        for level, cap_kw in _table(spec.get("simple_levels_kw", {}),
+        for level, cap_kw in _fields.table(spec.get("simple_levels_kw", {}),
                                     f"{here}.simple_levels_kw").items():
             try:
                 number = int(level)
@@ -221,13 +192,13 @@ def _programs(value: Any, where: str) -> dict[str, ProgramConfig]:
             raise VenConfigError(f"{here}.priority", "must be an integer")
         result[str(context)] = ProgramConfig(
             market_context=str(context),
-            mandatory=_flag(spec, "mandatory", here, False),
+            mandatory=_fields.flag(spec, "mandatory", here, False),
             simple_levels_kw=levels,
             base_import_price_per_kwh=_number(spec.get("base_import_price_per_kwh", 0.0),
                                               f"{here}.base_import_price_per_kwh"),
             export_price_ratio=_number(spec.get("export_price_ratio", 1.0),
                                        f"{here}.export_price_ratio", minimum=0.0),
-            dispatch_setpoint_is_cap=_flag(spec, "dispatch_setpoint_is_cap", here, True),
+            dispatch_setpoint_is_cap=_fields.flag(spec, "dispatch_setpoint_is_cap", here, True),
             priority=priority,
         )
     return result

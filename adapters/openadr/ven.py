@@ -144,7 +144,6 @@ class Ven:
         self.events: dict[str, EventRecord] = {}
         self.decisions: list[tuple[datetime, str, int, OptDecision]] = []
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._link_state: bool | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._needs_registration = True
         state = self._load_state()
@@ -279,7 +278,6 @@ class Ven:
             self.book.link_up(SOURCE, now)
         else:
             self.book.link_lost(SOURCE, now, reason)
-        self._link_state = up
 
     # -- events ----------------------------------------------------------------------------
     async def handle_event(self, event: dict[str, Any]) -> str:
