@@ -40,6 +40,19 @@ def require_utc(value: datetime, field_name: str) -> datetime:
     return value.astimezone(UTC)
 
 
+def parse_utc(value: Any, path: str) -> datetime:
+    """An ISO 8601 date-time with an offset, as UTC; ``ValueError`` names ``path``."""
+    if not isinstance(value, str):
+        raise ValueError(f"{path}: expected an ISO 8601 date-time, got {value!r}")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{path}: not an ISO 8601 date-time: {value!r}") from None
+    if moment.utcoffset() is None:
+        raise ValueError(f"{path}: date-time without a UTC offset: {value!r}")
+    return moment.astimezone(UTC)
+
+
 def _finite(value: float, field_name: str, *, minimum: float | None = None,
             maximum: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):

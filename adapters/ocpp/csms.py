@@ -19,7 +19,7 @@ import json
 import logging
 import math
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -41,8 +41,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from adapters.ocpp import compat
-from adapters.ocpp.meter import parse_meter_values, parse_utc
-from aggregator.model import MeterSample
+from adapters.ocpp.meter import parse_meter_values
+from aggregator.model import MeterSample, parse_utc
 
 log = logging.getLogger("gridflex.ocpp")
 compat.install()  # ocpp 2.1.0 mangles 2.1 per-phase keys on send
@@ -153,14 +153,32 @@ def ev_needs(charging_needs: dict[str, Any], received_at: datetime) -> EvNeeds:
                               "v2x_charging_parameters"))
 
 
+@dataclass(frozen=True)
+class StationEvent:
+    """A change a controller re-plans on: a transaction started or ended, an EV's needs,
+    a station (dis)connected.  ``at`` is the station's own timestamp where it gave one."""
+
+    kind: Literal["connected", "disconnected", "started", "ended", "needs"]
+    station_id: str
+    evse_number: int = 0
+    transaction_id: str | None = None
+    at: datetime | None = None
+    needs: EvNeeds | None = None
+
+
+StationListener = Callable[[StationEvent], None]
+
+
 class Csms:
     """The central system: accepts stations, ingests meter values, sends profiles."""
 
-    def __init__(self, config: CsmsConfig, sink: MeterSink) -> None:
+    def __init__(self, config: CsmsConfig, sink: MeterSink,
+                 listener: StationListener | None = None) -> None:
         if config.security_profile in (2, 3) and config.ssl_context is None:
             raise ValueError("ssl_context: security profiles 2 and 3 need TLS")
         self.config = config
         self.sink = sink
+        self.listener = listener
         self.stations = {s.station_id: s for s in config.stations}
         self.connected: dict[str, Any] = {}
         self.transactions: dict[tuple[str, int], str] = {}
@@ -239,6 +257,7 @@ class Csms:
         station = handler_class(station_id, connection, self)
         self.connected[station_id] = station
         log.info("station %r connected (%s)", station_id, connection.subprotocol)
+        self.tell(StationEvent("connected", station_id))
         try:
             await station.start()
         except Exception as err:  # a dropped connection ends the session, not the CSMS
@@ -246,6 +265,16 @@ class Csms:
         finally:
             if self.connected.get(station_id) is station:
                 del self.connected[station_id]
+                self.tell(StationEvent("disconnected", station_id))
+
+    def tell(self, event: StationEvent) -> None:
+        """Hand ``event`` to the listener; a failing listener is logged, never fatal."""
+        if self.listener is None:
+            return
+        try:
+            self.listener(event)
+        except Exception:
+            log.exception("station event listener failed on %s", event)
 
     # -- meter values ----------------------------------------------------------------------
     def ingest(self, station_id: str, evse_number: int, transaction_id: str | None,
@@ -423,15 +452,18 @@ class _Station16(ChargePoint16):  # type: ignore[misc]
         if not self.csms.authorized(id_tag):
             return result16.StartTransaction(transaction_id=0,
                                              id_tag_info={"status": "Invalid"})
+        at = _utc(timestamp, "timestamp")
         tx = self.csms.start_transaction(self.id, connector_id)
         self.csms.ingest(self.id, connector_id, tx, [{"timestamp": timestamp, "sampled_value": [
             {"value": meter_start, "context": "Transaction.Begin", "unit": "Wh"}]}])
+        self.csms.tell(StationEvent("started", self.id, connector_id, tx, at))
         return result16.StartTransaction(transaction_id=int(tx),
                                          id_tag_info={"status": "Accepted"})
 
     @on("StopTransaction")
     def on_stop(self, meter_stop: int, timestamp: str, transaction_id: int,
                 transaction_data: list[dict[str, Any]] | None = None, **_: Any) -> Any:
+        at = _utc(timestamp, "timestamp")
         tx = str(transaction_id)
         connector = next((c for (s, c), t in self.csms.transactions.items()
                           if s == self.id and t == tx), 0)
@@ -440,6 +472,7 @@ class _Station16(ChargePoint16):  # type: ignore[misc]
                 {"value": meter_stop, "context": "Transaction.End", "unit": "Wh"}]}])
         self.csms.transactions.pop((self.id, connector), None)
         self._ended = connector
+        self.csms.tell(StationEvent("ended", self.id, connector, tx, at))
         return result16.StopTransaction()
 
     @after("StopTransaction")
@@ -498,6 +531,7 @@ def _station2x(base: type, results: Any, version: str) -> type:
                                  evse: dict[str, Any] | None = None,
                                  meter_value: list[dict[str, Any]] | None = None,
                                  id_token: dict[str, Any] | None = None, **_: Any) -> Any:
+            at = _utc(timestamp, "timestamp")
             tx = str(transaction_info["transaction_id"])
             number = int(evse["id"]) if evse else next(
                 (c for (s, c), t in self.csms.transactions.items()
@@ -506,9 +540,12 @@ def _station2x(base: type, results: Any, version: str) -> type:
                 self.csms.start_transaction(self.id, number, tx)
             if meter_value:
                 self.csms.ingest(self.id, number, tx, meter_value)
+            if event_type == "Started":
+                self.csms.tell(StationEvent("started", self.id, number, tx, at))
             if event_type == "Ended":
                 self.csms.transactions.pop((self.id, number), None)
                 self._ended = number
+                self.csms.tell(StationEvent("ended", self.id, number, tx, at))
             if id_token is not None:
                 return results.TransactionEvent(id_token_info=self._token_info(id_token))
             return results.TransactionEvent()
@@ -526,8 +563,11 @@ def _station2x(base: type, results: Any, version: str) -> type:
 
         @on("NotifyEVChargingNeeds")
         def on_needs(self, evse_id: int, charging_needs: dict[str, Any], **_: Any) -> Any:
-            self.csms.ev_needs[(self.id, evse_id)] = ev_needs(charging_needs,
-                                                              datetime.now(UTC))
+            needs = ev_needs(charging_needs, datetime.now(UTC))
+            self.csms.ev_needs[(self.id, evse_id)] = needs
+            self.csms.tell(StationEvent("needs", self.id, evse_id,
+                                        self.csms.transactions.get((self.id, evse_id)),
+                                        needs=needs))
             return results.NotifyEVChargingNeeds(status="Accepted")
 
     Station2x.__name__ = Station2x.__qualname__ = f"Station{version}"
@@ -537,4 +577,5 @@ def _station2x(base: type, results: Any, version: str) -> type:
 _Station201 = _station2x(ChargePoint201, result201, "201")
 _Station21 = _station2x(ChargePoint21, result21, "21")
 
-__all__ = ["Csms", "CsmsConfig", "EvNeeds", "MemorySink", "MeterSink", "StationConfig"]
+__all__ = ["Csms", "CsmsConfig", "EvNeeds", "MemorySink", "MeterSink", "StationConfig",
+           "StationEvent", "StationListener"]

@@ -9,26 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from aggregator.model import Measurand, MeterSample
+from aggregator.model import Measurand, MeterSample, parse_utc
 
 _SCALE = {"Wh": 1.0, "kWh": 1000.0, "W": 1.0, "kW": 1000.0, "Percent": 1.0}
 _UNITS = {"Wh": ("Wh", "kWh"), "W": ("W", "kW"), "Percent": ("Percent",)}  # by normal unit
-
-
-def parse_utc(value: Any, path: str) -> datetime:
-    """An ISO 8601 date-time with an offset, as UTC; ``ValueError`` names ``path``."""
-    if not isinstance(value, str):
-        raise ValueError(f"{path}: expected an ISO 8601 date-time, got {value!r}")
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{path}: not an ISO 8601 date-time: {value!r}") from None
-    if moment.utcoffset() is None:
-        raise ValueError(f"{path}: date-time without a UTC offset: {value!r}")
-    return moment.astimezone(UTC)
 
 
 def parse_meter_values(meter_values: Any, *, station_id: str, evse_number: int,
