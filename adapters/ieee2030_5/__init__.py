@@ -5,4 +5,7 @@
 - ``identity``: LFDI and SFDI of a certificate.
 - ``controls``: the §10.2.3 event rules for one site (pure: server time is a parameter),
   the Responses owed, and the translation into ``GridConstraint`` objects.
+- ``client``: the aggregator client (discovery, registration, polling, metering).
+- ``loopback``: a loopback utility server (the DSO peer of the tests and of ``gridflex demo``)
+  serving the recorded envoy walks in ``recorded/``, with a clock and a small DSO API.
 """

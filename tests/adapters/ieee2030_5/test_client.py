@@ -24,10 +24,9 @@ from envoy_schema.server.schema.sep2.response import DERControlResponse as DERCo
 from adapters.ieee2030_5.client import Sep2Client, SiteTelemetry
 from adapters.ieee2030_5.config import ClientConfig, Sep2ConfigError
 from adapters.ieee2030_5.controls import SOURCE
+from adapters.ieee2030_5.loopback import SEP2, LoopbackServer
 from adapters.ieee2030_5.xml import parse
 from aggregator.constraints import SAFE_DEFAULT_SOURCE, ConstraintBook, SafeDefault
-
-from .loopback import SEP2, LoopbackServer
 
 SERVER_NOW = 1795240392
 LOCAL_AHEAD_S = 100

@@ -21,9 +21,9 @@ from cryptography.x509.oid import NameOID
 from adapters.ieee2030_5.client import CCM8_CIPHER, Sep2Client
 from adapters.ieee2030_5.config import ClientConfig
 from adapters.ieee2030_5.controls import SOURCE
+from adapters.ieee2030_5.loopback import LoopbackServer
 from aggregator.constraints import ConstraintBook
 
-from .loopback import LoopbackServer
 from .test_client import SITE_A_LFDI, SITE_B_LFDI
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,6 +40,7 @@ from adapters.ieee2030_5.controls import (
     scope_for,
     to_constraints,
 )
+from adapters.ieee2030_5.loopback import RECORDED
 from adapters.ieee2030_5.xml import parse, serialise
 from aggregator.constraints import ConstraintBook
 
@@ -48,7 +48,7 @@ NOW = datetime(2026, 11, 21, 6, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 IMP, EXP, LOAD, GEN = (Quantity.IMPORT_LIMIT, Quantity.EXPORT_LIMIT, Quantity.LOAD_LIMIT,
                        Quantity.GENERATION_LIMIT)
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = RECORDED  # the recorded envoy walks shipped with the loopback server
 T0 = datetime.fromtimestamp(1795240200, UTC)  # README: the slot in which controls were loaded
 R = ResponseStatus
 

@@ -1,7 +1,7 @@
 """Safe XML intake: every recorded envoy response, namespace variants, hostile and broken bodies.
 
 The fixtures are recorded responses of envoy 1.5.0 (CSIP-AUS namespace ``https://csipaus.org/ns``)
-and envoy 2.2.0 (``https://csipaus.org/ns/v1.3``); see ``fixtures/*/README.md``.
+and envoy 2.2.0 (``https://csipaus.org/ns/v1.3``); see ``adapters/ieee2030_5/recorded/*/README.md``.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic_xml import BaseXmlModel
 
+from adapters.ieee2030_5.loopback import RECORDED
 from adapters.ieee2030_5.xml import (
     CSIPAUS_NAMESPACES,
     CSIPAUS_NS,
@@ -66,7 +67,7 @@ from adapters.ieee2030_5.xml import (
     serialise,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = RECORDED  # the recorded envoy walks shipped with the loopback server
 VERSIONS = ("envoy-v1.5.0", "envoy-v2.2.0")
 SERVER_NAMESPACE = {"envoy-v1.5.0": "https://csipaus.org/ns",
                     "envoy-v2.2.0": "https://csipaus.org/ns/v1.3"}
