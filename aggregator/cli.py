@@ -42,20 +42,17 @@ def _solve_scenario(path: Path, out_dir: Path, *, milp: bool, time_limit_s: floa
 
 
 def _settle(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from datetime import datetime
 
     from aggregator.export import settlement_table, write_table
     from aggregator.ledger import Ledger, settle_sessions
+    from aggregator.model import parse_utc
 
     moments = []
     for name, value in (("--from", args.start), ("--to", args.end)):
         try:
-            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            parser.error(f"{name}: not an ISO 8601 date-time: {value!r}")
-        if moment.utcoffset() is None:
-            parser.error(f"{name}: give a UTC offset (e.g. Z): {value!r}")
-        moments.append(moment)
+            moments.append(parse_utc(value, name))
+        except ValueError as err:
+            parser.error(str(err))
     start, end = moments
     if end <= start:
         parser.error("--to must be after --from")
@@ -71,6 +68,33 @@ def _settle(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         table["exported_kwh"].sum()), 3) if len(table) else 0.0,
         "flagged_sessions": int(((table["resets"] > 0) | (table["gaps"] > 0)).sum())
         if len(table) else 0, "file": str(out), "last_row_hash": seal}))
+    return 0
+
+
+def _serve(path: Path, log_level: str) -> int:
+    """Run the service until SIGTERM or SIGINT, then stop cleanly (no sample lost)."""
+    import asyncio
+    import logging
+    import signal
+
+    from aggregator.service import Service
+    from aggregator.service_config import load_service_config
+
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        config = load_service_config(path)
+    except ModelError as err:
+        print(f"error: {path}: {err}", file=sys.stderr)
+        return 2
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await Service(config).run(stop)
+
+    asyncio.run(run())
     return 0
 
 
@@ -106,6 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     settle_cmd.add_argument("--max-gap", type=float, default=900.0, metavar="S",
                             help="longer steps between readings are flagged as gaps")
 
+    serve_cmd = commands.add_parser("serve", help="run the aggregator service")
+    serve_cmd.add_argument("--config", type=Path, required=True, metavar="FILE",
+                           help="service configuration (TOML); see scenarios/service.example.toml")
+    serve_cmd.add_argument("--log-level", default="INFO",
+                           choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
     bench_cmd = commands.add_parser("bench", help="benchmarks (machine-readable output)")
     benches = bench_cmd.add_subparsers(dest="bench", required=True)
     opt = benches.add_parser("optimizer", help="direct HiGHS build vs pyomo, per fleet size")
@@ -139,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                as_json=args.json)
     if args.command == "settle":
         return _settle(args, parser)
+    if args.command == "serve":
+        return _serve(args.config, args.log_level)
     if args.command == "bench" and args.bench == "optimizer":
         from aggregator.bench import bench_optimizer
         try:

@@ -6,6 +6,7 @@ subclass so callers can tell whose configuration was wrong.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,3 +51,31 @@ class FieldReader:
         if not isinstance(value, bool):
             raise self.error(f"{where}.{key}", "must be true or false")
         return value
+
+    def number(self, table: Mapping[str, Any], key: str, where: str, default: float | None,
+               *, minimum: float | None = None, maximum: float | None = None) -> float:
+        """A finite number in [minimum, maximum]; ``default`` None makes it required."""
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not math.isfinite(value):
+            raise self.error(f"{where}.{key}", f"{'required, ' if default is None else ''}"
+                                               f"a finite number, got {value!r}")
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            raise self.error(f"{where}.{key}", f"must be in [{minimum}, {maximum}], got {value!r}")
+        return float(value)
+
+    def integer(self, table: Mapping[str, Any], key: str, where: str, default: int | None,
+                *, minimum: int = 0, maximum: int | None = None) -> int:
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
+                maximum is not None and value > maximum):
+            raise self.error(f"{where}.{key}", f"must be an integer in [{minimum}, {maximum}], "
+                                               f"got {value!r}")
+        return value
+
+    def items(self, table: Mapping[str, Any], key: str, where: str) -> list[Mapping[str, Any]]:
+        """An array of tables (``[[key]]``), each checked to be a table; [] when absent."""
+        value = table.get(key, [])
+        if not isinstance(value, list):
+            raise self.error(f"{where}.{key}", "must be an array of tables")
+        return [self.table(item, f"{where}.{key}[{i}]") for i, item in enumerate(value)]

@@ -222,6 +222,11 @@ class ConstraintBook:
         link = self._links.get(source)
         return link is not None and link.up
 
+    def links(self) -> dict[str, tuple[bool, datetime, str]]:
+        """Every source's link: (up, since when, why) — for health checks."""
+        return {source: (link.up, link.since, link.reason)
+                for source, link in sorted(self._links.items())}
+
     def published(self) -> list[GridConstraint]:
         """Everything the sources have said and not withdrawn (expired ones included)."""
         return [c for items in self._scopes.values() for c in items]

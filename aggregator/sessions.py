@@ -7,11 +7,12 @@ the EVSE is V2G-capable on OCPP 2.1).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from adapters.ocpp.csms import EvNeeds
-from aggregator.model import Evse, Session
+from aggregator.model import Evse, Measurand, MeterSample, Session
 
 
 @dataclass(frozen=True)
@@ -55,3 +56,168 @@ def session_from_needs(session_id: str, evse: Evse, arrival: datetime, needs: Ev
         max_discharge_kw=discharge, min_soc_v2g=floor,
         charge_efficiency=d.charge_efficiency, discharge_efficiency=d.discharge_efficiency,
         **wish)
+
+
+@dataclass
+class LiveSession:
+    """A plugged-in EV as the stations report it: its ``Session`` and what was measured."""
+
+    session: Session
+    station_id: str
+    evse_number: int
+    transaction_id: str
+    import_wh: tuple[float, float] | None = None  # (first, latest) register reading
+    export_wh: tuple[float, float] | None = None
+    soc: float | None = None  # last measured state of charge, 0..1
+    power_kw: float | None = None  # last measured net power (+ import, - export)
+    power_at: datetime | None = None
+    ended_at: datetime | None = None
+    ev_limit_kw: float | None = None  # the EV drew less than planned: what it takes
+
+    @property
+    def imported_kwh(self) -> float:
+        return 0.0 if self.import_wh is None else (self.import_wh[1] - self.import_wh[0]) / 1e3
+
+    @property
+    def exported_kwh(self) -> float:
+        return 0.0 if self.export_wh is None else (self.export_wh[1] - self.export_wh[0]) / 1e3
+
+    def soc_now(self) -> float:
+        """Measured SoC if the EV reports one, else the start SoC plus the metered energy."""
+        if self.soc is not None:
+            return self.soc
+        s = self.session
+        energy = s.energy_initial_kwh + self.imported_kwh * s.charge_efficiency \
+            - self.exported_kwh / s.discharge_efficiency
+        return min(1.0, max(0.0, energy / s.battery_capacity_kwh))
+
+
+@dataclass(frozen=True)
+class PowerReading:
+    """A measured net power at an EVSE (+ import, - export), for deviation checks."""
+
+    evse_id: str
+    at: datetime
+    power_kw: float
+
+
+class SessionTracker:
+    """Turns station events and meter samples into the sessions the controller plans.
+
+    ``evses`` maps (station id, EVSE/connector number) to the EVSE.  A session starts with
+    its transaction (arrival = the station's timestamp) on the defaults, takes the EV's
+    charging needs when they come, and follows its meter: SoC, registers and power.
+    """
+
+    def __init__(self, evses: dict[tuple[str, int], Evse],
+                 defaults: SessionDefaults | None = None) -> None:
+        self.evses = evses
+        self.defaults = defaults or SessionDefaults()
+        self.live: dict[str, LiveSession] = {}
+        self.finished: list[LiveSession] = []
+        self._by_tx: dict[tuple[str, int, str], str] = {}
+
+    @staticmethod
+    def session_id(station_id: str, evse_number: int, transaction_id: str) -> str:
+        return f"{station_id}/{evse_number}/{transaction_id}"
+
+    def start(self, station_id: str, evse_number: int, transaction_id: str, at: datetime,
+              needs: EvNeeds | None = None) -> LiveSession | None:
+        """A transaction began; None when the EVSE is not one gridflex plans."""
+        evse = self.evses.get((station_id, evse_number))
+        if evse is None:
+            return None
+        key = (station_id, evse_number, transaction_id)
+        if key in self._by_tx:  # a repeated Started event
+            return self.live.get(self._by_tx[key])
+        session_id = self.session_id(*key)
+        known = needs or EvNeeds(received_at=at, departure=None, energy_kwh=None, raw={})
+        live = LiveSession(session_from_needs(session_id, evse, at, known, self.defaults),
+                           station_id, evse_number, transaction_id)
+        self.live[session_id] = live
+        self._by_tx[key] = session_id
+        return live
+
+    def update_needs(self, station_id: str, evse_number: int, needs: EvNeeds) -> bool:
+        """The EV said what it needs: its running session is re-derived from them."""
+        live = next((s for s in self.live.values()
+                     if (s.station_id, s.evse_number) == (station_id, evse_number)), None)
+        if live is None:
+            return False
+        evse = self.evses[(station_id, evse_number)]
+        live.session = session_from_needs(live.session.session_id, evse, live.session.arrival,
+                                          needs, self.defaults)
+        return True
+
+    def end(self, station_id: str, evse_number: int, transaction_id: str | None,
+            at: datetime) -> LiveSession | None:
+        key = next((k for k in self._by_tx if k[:2] == (station_id, evse_number)
+                    and (transaction_id is None or k[2] == transaction_id)
+                    and self._by_tx[k] in self.live), None)
+        if key is None:
+            return None
+        live = self.live.pop(self._by_tx[key])
+        live.ended_at = at
+        self.finished.append(live)
+        return live
+
+    def observe(self, samples: Iterable[MeterSample]) -> list[PowerReading]:
+        """Registers, SoC and power of running sessions; returns the power readings."""
+        readings: list[PowerReading] = []
+        for sample in samples:
+            if sample.transaction_id is None or sample.phase:
+                continue
+            session_id = self._by_tx.get((sample.station_id, sample.evse_number,
+                                          sample.transaction_id))
+            live = self.live.get(session_id) if session_id else None
+            if live is None:
+                live = next((s for s in self.finished if s.session.session_id == session_id),
+                            None)
+            if live is None:
+                continue
+            m = sample.measurand
+            if m is Measurand.ENERGY_IMPORT:
+                live.import_wh = _register(live.import_wh, sample.value)
+            elif m is Measurand.ENERGY_EXPORT:
+                live.export_wh = _register(live.export_wh, sample.value)
+            elif m is Measurand.SOC:
+                live.soc = min(1.0, max(0.0, sample.value / 100.0))
+            elif live.ended_at is None:
+                sign = 1.0 if m is Measurand.POWER_IMPORT else -1.0
+                if live.power_at == sample.measured_at and live.power_kw is not None:
+                    live.power_kw += sign * sample.value / 1e3  # import and export both sent
+                else:
+                    live.power_kw, live.power_at = sign * sample.value / 1e3, sample.measured_at
+                readings.append(PowerReading(live.session.evse_id, sample.measured_at,
+                                             live.power_kw))
+        return readings
+
+    def limit_ev(self, evse_id: str, limit_kw: float) -> None:
+        """The EV at ``evse_id`` took only ``limit_kw``: plan it with that from now on."""
+        for live in self.live.values():
+            if live.session.evse_id == evse_id:
+                live.ev_limit_kw = limit_kw
+
+    def planning_sessions(self, start: datetime, overstay: timedelta) -> tuple[
+            list[Session], dict[str, float]]:
+        """Running sessions to plan from ``start`` and their SoC now.
+
+        An EV still plugged in after its departure is planned for ``overstay`` more, so it
+        is never left without a profile.
+        """
+        sessions: list[Session] = []
+        soc: dict[str, float] = {}
+        for live in self.live.values():
+            s = live.session
+            if s.departure <= start:
+                s = replace(s, departure=start + overstay)
+            if live.ev_limit_kw is not None:
+                s = replace(s, max_charge_kw=min(s.max_charge_kw, live.ev_limit_kw))
+            sessions.append(s)
+            soc[s.session_id] = live.soc_now()
+        return sessions, soc
+
+
+def _register(known: tuple[float, float] | None, value: float) -> tuple[float, float]:
+    """(first, highest) of a register: planning ignores a reset (settlement flags it)."""
+    return (value, value) if known is None else (known[0], max(known[1], value))
