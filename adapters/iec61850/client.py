@@ -4,10 +4,15 @@ Per IED: connect with a timeout, enable the configured report control blocks (re
 integrity period, trigger options, general interrogation), then read everything once.
 A report (data change or integrity) is a notification: the objects its data set covers
 are re-read in one MMS Read and published, so reports and polls share one decode path
-and a schedule is always taken as one consistent snapshot.  Without working reports the
-adapter polls; when reports fall silent for two integrity periods it polls and re-enables
-them.  Sequence-number gaps and ConfRev changes are recorded and answered with a re-read
-and a general interrogation.
+and a schedule is always taken as one consistent snapshot; the reports queued when a
+read starts are all answered by it (a burst costs one read).  What no enabled RCB covers
+is polled: an RCB the IED refuses (reserved by another client, missing) leaves its groups
+to polling and is tried again every poll interval.  An RCB silent for two integrity
+periods is polled and re-enabled.  Sequence-number gaps (a skipped SqNum still missing after
+``REORDER_GRACE_S``: the client can swap two reports), a buffered RCB's BufOvfl and
+ConfRev changes are recorded and answered with a re-read and a general interrogation.
+A BRCB's buffer is purged when it is enabled: the adapter re-reads the IED on every
+(re)connect, so replaying buffered history would only repeat stale notifications.
 
 Faults the ``iec61850`` 0.14 client forces on us (measured, see the tests):
 
@@ -22,6 +27,10 @@ Faults the ``iec61850`` 0.14 client forces on us (measured, see the tests):
   time is written as INT32 seconds since 1970 (the ``publish.departure`` reference).
 - The process can abort or segfault at interpreter exit when a connection was dropped
   just before the event loop closed; ``close`` yields to the loop after aborting.
+- ``poll_reports(timeout)`` holds the connection until a report comes or the timeout
+  runs out: every read, write or RCB request waits behind it.  Our dispatcher polls only
+  while no request is in flight and each request cancels the pending poll (cancelling
+  releases the connection at once; no report was lost in the tests).
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ from typing import Any, Literal
 
 import iec61850
 
-from adapters.iec61850.config import AdapterConfig, IedConfig, Ref
+from adapters.iec61850.config import AdapterConfig, IedConfig, Ref, ReportConfig
 from adapters.iec61850.values import (
     SCHEDULE_STATES,
     SOURCE,
@@ -60,6 +69,9 @@ log = logging.getLogger(__name__)
 
 Group = Literal["limit", "schedules"]
 ALL_GROUPS: frozenset[Group] = frozenset({"limit", "schedules"})
+REPORT_POLL_MS = 100
+REORDER_GRACE_S = 0.25  # a skipped SqNum that comes this late was reordered, not lost
+MAX_PENDING_MISSING = 256  # a longer run of skipped SqNums is a gap at once
 _CONNECTION_ERRORS = (iec61850.IedConnectionError, iec61850.IedTimeoutError,
                       iec61850.IedServiceError, TimeoutError, OSError)
 
@@ -100,6 +112,9 @@ class Stats:
     connects: int = 0
     reports: int = 0
     sequence_gaps: int = 0
+    buffer_overflows: int = 0
+    late_reports: int = 0  # handed over after a later one (not lost)
+    interrogations: int = 0
     polls: int = 0
     publishes: int = 0
     withdrawals: int = 0
@@ -131,6 +146,18 @@ class _Rcb:
     modulus: int = 256
     last_seq: int | None = None
     conf_rev: int | None = None
+    buffered: bool = False
+    last_report_at: float = 0.0  # event-loop time of the last report (or of enabling)
+    received: int = 0  # reports since enabled
+    pending: list[_Gap] = field(default_factory=list)  # SqNums skipped, maybe only late
+
+
+@dataclass
+class _Gap:
+    noticed_at: float  # event-loop time
+    after: int
+    got: int
+    seqs: set[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,12 +165,14 @@ class _Report:
     rcb: str
     seq: int | None
     conf_rev: int | None
+    buffer_overflow: bool = False
 
 
 @dataclass
 class _State:
     rcbs: list[_Rcb] = field(default_factory=list)
-    last_report_at: float = 0.0
+    failed: dict[str, str] = field(default_factory=dict)  # RCB -> why it is not enabled
+    next_poll_at: float = 0.0
 
 
 class IedAdapter:
@@ -165,6 +194,10 @@ class IedAdapter:
         self._stopping = asyncio.Event()
         self._state = _State()
         self._lock = asyncio.Lock()
+        self._in_flight = 0  # MMS requests under way (the dispatcher waits for none)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._poll: asyncio.Future[int] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self) -> None:
@@ -255,113 +288,298 @@ class IedAdapter:
         await self.refresh(ALL_GROUPS)
         self.connected.set()
         loop = asyncio.get_running_loop()
+        self._state.next_poll_at = loop.time() + self.ied.poll_interval_s
         while not self._stopping.is_set():
-            reporting = bool(self._state.rcbs)
-            wait_s = 2 * self.ied.integrity_period_s + self.ied.request_timeout_s \
-                if reporting else self.ied.poll_interval_s
+            timeout_s = max(0.0, self._next_deadline() - loop.time())
             try:
-                event = await asyncio.wait_for(self._events.get(), wait_s)
+                event = await asyncio.wait_for(self._events.get(), timeout_s)
             except TimeoutError:
-                if reporting:
-                    self._fault("reports", self.ied.name, f"no report for {wait_s:g} s; "
-                                "polling and re-enabling reports")
-                    await self._enable_reports()
-                self.stats.polls += 1
-                await self.refresh(ALL_GROUPS)
+                await self._on_timer()
                 continue
-            if isinstance(event, Exception):
-                raise event if isinstance(event, LinkDownError) else LinkDownError(str(event))
-            self._state.last_report_at = loop.time()
-            await self._on_report(event)
+            # every report queued so far is answered by one read: the read starts after
+            # each of them arrived (a burst or a BRCB replay costs one read, not one each)
+            events = [event]
+            while not self._events.empty():
+                events.append(self._events.get_nowait())
+            for item in events:
+                if isinstance(item, Exception):
+                    raise item if isinstance(item, LinkDownError) else LinkDownError(str(item))
+            await self._on_reports([item for item in events if isinstance(item, _Report)])
+
+    def _silence_s(self) -> float:
+        """How long an enabled RCB may stay quiet (two integrity periods and a request)."""
+        return 2 * self.ied.integrity_period_s + self.ied.request_timeout_s
+
+    def _polled_groups(self) -> set[Group]:
+        """The configured groups no enabled RCB covers: these are polled."""
+        wanted: set[Group] = set()
+        if self.ied.limit is not None:
+            wanted.add("limit")
+        if self.ied.schedules:
+            wanted.add("schedules")
+        for rcb in self._state.rcbs:
+            wanted -= rcb.covers
+        return wanted
+
+    def _next_deadline(self) -> float:
+        deadlines = [rcb.last_report_at + self._silence_s() for rcb in self._state.rcbs]
+        deadlines += [gap.noticed_at + REORDER_GRACE_S for rcb in self._state.rcbs
+                      for gap in rcb.pending]
+        if self._polled_groups() or self._state.failed or not deadlines:
+            deadlines.append(self._state.next_poll_at)
+        return min(deadlines)
+
+    async def _on_timer(self) -> None:
+        """Re-enable silent RCBs, retry failed ones, poll what no report covers."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for rcb in self._judge_gaps(now):
+            await self._interrogate(rcb)
+        for rcb in list(self._state.rcbs):
+            if now < rcb.last_report_at + self._silence_s():
+                continue
+            self._fault("reports", self._full_rcb(rcb.ref), f"no report for "
+                        f"{now - rcb.last_report_at:.3g} s; polling and re-enabling reports")
+            self._state.rcbs.remove(rcb)
+            cfg = next(c for c in self.ied.reports if c.rcb == rcb.ref)
+            enabled = await self._enable_one(cfg)
+            self.stats.polls += 1
+            await self.refresh(rcb.covers)
+            if enabled is not None:
+                self._start_dispatcher()
+                await self._interrogate(enabled)
+        if now < self._state.next_poll_at:
+            return
+        self._state.next_poll_at = now + self.ied.poll_interval_s
+        if self._state.failed:
+            await self._retry_failed()
+        polled = self._polled_groups()
+        if polled:
+            self.stats.polls += 1
+            await self.refresh(polled)
+
+    async def _on_reports(self, reports: Sequence[_Report]) -> None:
+        """Check sequence, overflow and ConfRev of each report; one re-read for all."""
+        now = asyncio.get_running_loop().time()
+        groups: set[Group] = set()
+        interrogate: list[_Rcb] = []
+        for report in reports:
+            self.stats.reports += 1
+            rcb = next((r for r in self._state.rcbs if r.ref == report.rcb), None)
+            if rcb is None:
+                continue
+            rcb.last_report_at = now
+            rcb.received += 1
+            lost = False
+            if report.seq is not None:
+                reason = self._track_sequence(rcb, report.seq, now)
+                if reason is not None:
+                    self._gap(rcb, reason)
+                    lost = True
+            # libiec61850 flags BufOvfl on the first report after enabling (the buffer
+            # was just purged): nothing before the enable is missed, the re-read on
+            # (re)connect has it
+            if report.buffer_overflow and rcb.received > 1:
+                self.stats.buffer_overflows += 1
+                self._fault("buffer-overflow", rcb.ref, "the IED's report buffer overflowed: "
+                            "reports lost; re-reading and interrogating")
+                lost = True
+            if report.conf_rev is not None and rcb.conf_rev is not None and \
+                    report.conf_rev != rcb.conf_rev:
+                self._fault("confrev", rcb.ref, f"ConfRev {report.conf_rev}, expected "
+                                                f"{rcb.conf_rev}: data set changed")
+                rcb.conf_rev = report.conf_rev
+                lost = True
+            groups |= rcb.covers
+            if lost and rcb not in interrogate:
+                interrogate.append(rcb)
+        if groups:
+            await self.refresh(groups)
+        for rcb in self._judge_gaps(now):
+            if rcb not in interrogate:
+                interrogate.append(rcb)
+        for rcb in interrogate:
+            await self._interrogate(rcb)
 
     async def _on_report(self, report: _Report) -> None:
-        self.stats.reports += 1
-        rcb = next((r for r in self._state.rcbs if r.ref == report.rcb), None)
-        if rcb is None:
-            return
-        gi = False
-        if report.seq is not None:
-            if rcb.last_seq is not None and report.seq != (rcb.last_seq + 1) % rcb.modulus:
-                self.stats.sequence_gaps += 1
-                self._fault("sequence-gap", rcb.ref, f"SqNum {report.seq} after "
-                                                     f"{rcb.last_seq}: reports lost")
-                gi = True
-            rcb.last_seq = report.seq
-        if report.conf_rev is not None and rcb.conf_rev is not None and \
-                report.conf_rev != rcb.conf_rev:
-            self._fault("confrev", rcb.ref, f"ConfRev {report.conf_rev}, expected "
-                                            f"{rcb.conf_rev}: data set changed")
-            rcb.conf_rev = report.conf_rev
-            gi = True
-        await self.refresh(rcb.covers)
-        if gi:
-            await self._request(self._need().trigger_gi(self._full_rcb(rcb.ref)), rcb.ref)
+        await self._on_reports([report])
+
+    def _track_sequence(self, rcb: _Rcb, seq: int, now: float) -> str | None:
+        """Follow SqNum; return why the report is out of sequence (None: it fits).
+
+        The client can hand over two reports in swapped order (its dispatch runs on more
+        than one thread), so skipped numbers are only *missing* at first: one that comes
+        within ``REORDER_GRACE_S`` was late, not lost (``_judge_gaps`` decides).
+        """
+        last = rcb.last_seq
+        if last is None:
+            rcb.last_seq = seq
+            return None
+        ahead = (seq - last) % rcb.modulus  # a late report is "behind": modulus - k
+        if 0 < ahead <= min(MAX_PENDING_MISSING + 1, rcb.modulus // 2 - 1):
+            if ahead > 1:
+                rcb.pending.append(_Gap(now, last, seq, {
+                    (last + k) % rcb.modulus for k in range(1, ahead)}))
+            rcb.last_seq = seq
+            return None
+        for gap in rcb.pending:
+            if seq in gap.seqs:
+                gap.seqs.discard(seq)
+                self.stats.late_reports += 1
+                rcb.pending = [g for g in rcb.pending if g.seqs]
+                return None
+        rcb.last_seq = seq
+        if 0 < ahead < rcb.modulus // 2:
+            return f"SqNum {seq} after {last}: {ahead - 1} missing; reports lost"
+        return f"SqNum {seq} after {last}: out of sequence; reports lost"
+
+    def _gap(self, rcb: _Rcb, reason: str) -> None:
+        self.stats.sequence_gaps += 1
+        self._fault("sequence-gap", rcb.ref, f"{reason}; re-read, interrogating")
+
+    def _judge_gaps(self, now: float) -> list[_Rcb]:
+        """Missing SqNums still missing after the grace: lost reports.  The RCBs to
+        interrogate (the read that followed the later report already re-read their data)."""
+        found = []
+        for rcb in self._state.rcbs:
+            due = [g for g in rcb.pending if now - g.noticed_at >= REORDER_GRACE_S]
+            if not due:
+                continue
+            rcb.pending = [g for g in rcb.pending if g not in due]
+            for gap in due:
+                self._gap(rcb, f"SqNum {gap.got} after {gap.after}: {len(gap.seqs)} missing; "
+                               "reports lost")
+            found.append(rcb)
+        return found
 
     # -- reports ---------------------------------------------------------------------------
     def _full_rcb(self, rcb: str) -> str:
         return f"{self.ied.domain}/{rcb}"
 
     async def _enable_reports(self) -> None:
-        """(Re-)enable every configured RCB; one that fails leaves its groups to polling."""
-        conn = self._need()
+        """(Re-)enable every configured RCB; one that fails leaves its groups to polling
+        (and is tried again every poll interval)."""
         if self._dispatcher is not None:
             self._dispatcher.cancel()
             self._dispatcher = None
         self._state.rcbs = []
-        loop = asyncio.get_running_loop()
+        self._state.failed = {}
+        enabled = [rcb for cfg in self.ied.reports
+                   if (rcb := await self._enable_one(cfg)) is not None]
+        if enabled:
+            self._start_dispatcher()
+            for rcb in enabled:
+                await self._interrogate(rcb)
+
+    async def _retry_failed(self) -> None:
         for cfg in self.ied.reports:
-            ref = self._full_rcb(cfg.rcb)
-            try:
-                handle = await self._request(conn.get_rcb_values(ref), ref)
-                if handle.rpt_ena:  # a stale enable of ours (or someone else's): restart
-                    handle.rpt_ena = False
-                    await self._request(conn.set_rcb_values(
-                        handle, iec61850.RcbWriteMask.fields("rpt_ena")), ref)
-                rpt_id = handle.rpt_id or ref
-                rcb = _Rcb(cfg.rcb, _groups(cfg.covers), rpt_id,
-                           65536 if handle.is_buffered else 256, None, handle.conf_rev)
+            if cfg.rcb not in self._state.failed:
+                continue
+            rcb = await self._enable_one(cfg)
+            if rcb is not None:
+                log.info("iec61850 %s: reports on %s enabled", self.ied.name, rcb.ref)
+                self._start_dispatcher()
+                await self._interrogate(rcb)
 
-                def deliver(report: iec61850.ClientReport, name: str = cfg.rcb) -> None:
-                    item = _Report(name, report.sequence_number, report.conf_rev)
-                    loop.call_soon_threadsafe(self._events.put_nowait, item)
+    def _start_dispatcher(self) -> None:
+        if self._dispatcher is None or self._dispatcher.done():
+            self._dispatcher = asyncio.create_task(self._dispatch(self._need()))
 
-                with contextlib.suppress(iec61850.IedError, ValueError):  # none installed
-                    await conn.uninstall_report_handler(ref)
-                await self._request(conn.install_report_handler(ref, deliver, rpt_id=rpt_id),
-                                    ref)
-                if not handle.is_buffered:
-                    handle.resv = True
-                handle.integrity_period_ms = int(self.ied.integrity_period_s * 1000)
-                handle.trigger_options = iec61850.TriggerOptions(
-                    data_change=True, quality_change=True, data_update=True, integrity=True,
-                    general_interrogation=True)
-                handle.opt_flds = iec61850.ReportOptFlds(
-                    sequence_number=True, report_timestamp=True, reason_for_inclusion=True,
-                    dataset_name=True, conf_rev=True)
-                handle.rpt_ena = True
-                fields = ["integrity_period", "trigger_options", "opt_flds", "rpt_ena"]
-                if not handle.is_buffered:
-                    fields.insert(0, "resv")
+    async def _enable_one(self, cfg: ReportConfig) -> _Rcb | None:
+        """Reserve (URCB) or purge (BRCB) and enable one RCB; on refusal note it, None."""
+        conn = self._need()
+        loop = asyncio.get_running_loop()
+        ref = self._full_rcb(cfg.rcb)
+        try:
+            handle = await self._request(conn.get_rcb_values(ref), ref)
+            if handle.rpt_ena:  # a stale enable of ours (or someone else's): restart
+                handle.rpt_ena = False
                 await self._request(conn.set_rcb_values(
-                    handle, iec61850.RcbWriteMask.fields(*fields)), ref)
-                self._state.rcbs.append(rcb)
-            except iec61850.IedDataAccessError as exc:
-                self._fault("reports", ref, f"cannot enable ({exc}); polling instead")
-        if self._state.rcbs:
-            self._dispatcher = asyncio.create_task(self._dispatch(conn))
-            for rcb in self._state.rcbs:
-                with contextlib.suppress(iec61850.IedDataAccessError):
-                    await self._request(conn.trigger_gi(self._full_rcb(rcb.ref)), rcb.ref)
+                    handle, iec61850.RcbWriteMask.fields("rpt_ena")), ref)
+            buffered = bool(handle.is_buffered)
+            if buffered:
+                # every (re)connect re-reads the IED: a BRCB's buffered history would only
+                # replay stale notifications (the whole buffer, from its start), so drop it
+                handle.purge_buf = True
+                await self._request(conn.set_rcb_values(
+                    handle, iec61850.RcbWriteMask.fields("purge_buf")), ref)
+            rpt_id = handle.rpt_id or ref
+            rcb = _Rcb(cfg.rcb, _groups(cfg.covers), rpt_id, 65536 if buffered else 256,
+                       None, handle.conf_rev, buffered, loop.time())
+
+            events = self._events  # this connection's queue: a late report of an old
+            # connection must not land in a newer session's queue
+
+            def deliver(report: iec61850.ClientReport, name: str = cfg.rcb) -> None:
+                item = _Report(name, report.sequence_number, report.conf_rev,
+                               bool(report.buffer_overflow))
+                loop.call_soon_threadsafe(events.put_nowait, item)
+
+            with contextlib.suppress(iec61850.IedError, ValueError):  # none installed
+                await conn.uninstall_report_handler(ref)
+            await self._request(conn.install_report_handler(ref, deliver, rpt_id=rpt_id), ref)
+            if not buffered:
+                handle.resv = True
+            handle.integrity_period_ms = int(self.ied.integrity_period_s * 1000)
+            handle.trigger_options = iec61850.TriggerOptions(
+                data_change=True, quality_change=True, data_update=True, integrity=True,
+                general_interrogation=True)
+            handle.opt_flds = iec61850.ReportOptFlds(
+                sequence_number=True, report_timestamp=True, reason_for_inclusion=True,
+                dataset_name=True, conf_rev=True, buffer_overflow=buffered,
+                entry_id=buffered)
+            handle.rpt_ena = True
+            fields = ["integrity_period", "trigger_options", "opt_flds", "rpt_ena"]
+            if not buffered:
+                fields.insert(0, "resv")
+            await self._request(conn.set_rcb_values(
+                handle, iec61850.RcbWriteMask.fields(*fields)), ref)
+        except iec61850.IedDataAccessError as exc:
+            reason = f"cannot enable ({exc}); polling instead"
+            if self._state.failed.get(cfg.rcb) != reason:
+                self._fault("reports", ref, reason)
+            self._state.failed[cfg.rcb] = reason
+            return None
+        self._state.failed.pop(cfg.rcb, None)
+        rcb.last_report_at = loop.time()
+        self._state.rcbs.append(rcb)
+        return rcb
+
+    async def _interrogate(self, rcb: _Rcb) -> None:
+        """Ask for a general interrogation; a refusal is a fault, not a link loss."""
+        ref = self._full_rcb(rcb.ref)
+        try:
+            await self._request(self._need().trigger_gi(ref), ref)
+        except iec61850.IedDataAccessError as exc:
+            self._fault("reports", ref, f"general interrogation refused ({exc})")
+            return
+        self.stats.interrogations += 1
 
     async def _dispatch(self, conn: iec61850.IedConnection) -> None:
-        """Pull reports until the connection fails; a failure ends the session."""
+        """Pull reports until the connection fails; a failure ends the session.
+
+        ``poll_reports`` keeps every other request on the connection waiting until it
+        returns (a read took ~90 ms instead of 0.4 ms behind ``poll_reports(100)``), so it
+        only runs while no request is in flight, and ``_request`` cancels it.  Reports
+        that arrive meanwhile wait in the client and come with the next poll.
+        """
+        poll: asyncio.Future[int] | None = None
         try:
             while True:
-                await conn.poll_reports(100)
+                await self._idle.wait()
+                poll = self._poll = asyncio.ensure_future(conn.poll_reports(REPORT_POLL_MS))
+                await asyncio.wait({poll})
+                if not poll.cancelled():
+                    poll.result()  # raises when the connection failed
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self._events.put_nowait(LinkDownError(f"report channel failed: {exc}"))
+        finally:
+            if poll is not None and not poll.done():
+                poll.cancel()
+            if self._poll is poll:  # not a newer dispatcher's
+                self._poll = None
 
     # -- reading ---------------------------------------------------------------------------
     def _need(self) -> iec61850.IedConnection:
@@ -370,13 +588,26 @@ class IedAdapter:
         return self._conn
 
     async def _request(self, request: Any, what: str) -> Any:
-        """Await one MMS request under the per-request timeout; a timeout drops the link."""
+        """Await one MMS request under the per-request timeout; a timeout drops the link.
+
+        A pending ``poll_reports`` holds the connection until it returns, so it is
+        cancelled first (and the dispatcher waits until no request is in flight).
+        """
+        self._in_flight += 1
+        self._idle.clear()
+        poll = self._poll
+        if poll is not None and not poll.done():
+            poll.cancel()
         try:
             return await asyncio.wait_for(request, self.ied.request_timeout_s + 0.5)
         except iec61850.IedDataAccessError:
             raise
         except (*_CONNECTION_ERRORS, iec61850.IedError) as exc:
             raise LinkDownError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
 
     async def _read(self, refs: Sequence[Ref],
                     optional: frozenset[Ref] = frozenset()) -> dict[Ref, Any]:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from adapters.iec61850.client import IedAdapter
 from adapters.iec61850.config import IedConfig, ied_from_mapping
 from aggregator.model import GridConstraint
 from tests.peers.availability import missing_peer
@@ -64,6 +66,23 @@ async def until(predicate: Callable[[], Any], timeout_s: float = 10.0,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def running(cfg: IedConfig, sink: Any) -> AsyncIterator[IedAdapter]:
+    """An ``IedAdapter`` running as a task for the block, stopped afterwards."""
+    adapter = IedAdapter(cfg, sink)
+    task = asyncio.create_task(adapter.run())
+    try:
+        yield adapter
+    finally:
+        await adapter.stop()
+        await asyncio.wait_for(task, 5)
+
+
+def faults(adapter: IedAdapter, kind: str) -> list[str]:
+    """The adapter's faults of one kind as ``"ref: reason"``."""
+    return [f"{f.ref}: {f.reason}" for f in adapter.faults if f.kind == kind]
 
 
 def now_ms() -> int:
@@ -168,6 +187,23 @@ def own_libiec() -> Iterator[Peer]:
     reset(peer)
     yield peer
     peer.close()
+
+
+@pytest.fixture
+def libiec_peers() -> Iterator[Callable[[], Peer]]:
+    """Start as many libiec61850 IEDs (own processes, reset) as the test asks for."""
+    _require("pyiec61850", "pyiec61850-ng (libiec61850 peer)")
+    started: list[Peer] = []
+
+    def start() -> Peer:
+        peer = _start(LIBIEC_SERVER, "--entries", str(ENTRIES), "--intg-ms", "300")
+        started.append(peer)
+        reset(peer)
+        return peer
+
+    yield start
+    for peer in started:
+        peer.close()
 
 
 @pytest.fixture

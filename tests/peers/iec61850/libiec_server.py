@@ -16,7 +16,10 @@ The model (IED ``GW``, logical device ``EVSE1``, so MMS domain ``GWEVSE1``):
 DESE1 (ChaPwrLim with setMag.f/units/q/t, ChaPwrTgt, ChaPwrRtg), DEEV1 (Soc, DptTm,
 EnAmnt, writable settings), FSCH1/FSCH2 (SchdSt, SchdPrio, NumEntr, SchdIntv, StrTm,
 ValASG1..n), FSCC1 (ActSchdRef), and in LLN0 the data sets ``Limits`` and ``Schedules``
-with unbuffered report control blocks ``urcbLimits01`` / ``urcbSchedules01``.
+with unbuffered report control blocks ``urcbLimits01`` (RptID ``Limits``) /
+``urcbSchedules01`` (``Schedules``) and the buffered ``brcbLimits01`` (``LimitsB``) on
+``Limits``.  A ``batch`` answer carries ``"applied_mono"``: ``time.monotonic()`` when the
+model lock was released (one clock for every process on the host, for latency benches).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import re
 import socket
 import sys
 import tempfile
+import time
 from typing import Any
 
 import pyiec61850.pyiec61850 as lib  # type: ignore[import-untyped]
@@ -85,6 +89,8 @@ def model_text(entries: int, intg_ms: int) -> str:
         "DS(Schedules){" + "".join(f"DE({d});" for d in schedule_des) + "}"
         f"RC(urcbLimits01 Limits 0 Limits 1 {trg} {opts} 0 {intg_ms});"
         f"RC(urcbSchedules01 Schedules 0 Schedules 1 {trg} {opts} 0 {intg_ms});"
+        f"RC(brcbLimits01 LimitsB 1 Limits 1 {trg} "
+        f"{opts | lib.RPT_OPT_ENTRY_ID | lib.RPT_OPT_BUFFER_OVERFLOW} 0 {intg_ms});"
         "}")
     dese = ("LN(DESE1){"
             f"DO(ChaPwrLim 0){{{_setmag()}{_units()}{_da('q', T_QUALITY, FC_ST, QCHG)}"
@@ -157,7 +163,7 @@ class Server:
                     self._update(item)
             finally:
                 lib.IedServer_unlockDataModel(self.server)
-            return {"ok": True}
+            return {"ok": True, "applied_mono": time.monotonic()}
         if op == "get_float":
             return {"ok": True, "value": lib.IedServer_getFloatAttributeValue(
                 self.server, self._attr(cmd["ref"]))}
