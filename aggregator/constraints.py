@@ -211,7 +211,10 @@ class ConstraintBook:
         log.info("constraint book %s: %s/%s at %s: %s", change.kind.value, change.source,
                  change.scope, change.at.isoformat(), change.reason)
         for listener in self._listeners:
-            listener(change)
+            try:  # the limit is in the book; a listener's failure must not undo the source
+                listener(change)
+            except Exception:
+                log.exception("constraint book listener %r failed on %s", listener, change)
 
     # -- the reading side ---------------------------------------------------------------
     @property

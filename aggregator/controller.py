@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import pandas as pd
 from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
@@ -111,6 +111,7 @@ class Controller:
         self._flagged: set[str] = set()  # EVSEs that already triggered since the last plan
         self._dispatched_at: datetime | None = None
         self._done: list[Callable[[PlanRecord], None]] = []
+        self._last_values: dict[tuple[str, str], tuple[tuple[Any, ...], ...]] = {}
         book.subscribe(self._on_book_change)
 
     # -- triggers ----------------------------------------------------------------------
@@ -124,6 +125,16 @@ class Controller:
         self._done.append(listener)
 
     def _on_book_change(self, change: BookChange) -> None:
+        if change.kind.value == "published":
+            values = tuple(sorted(((c.node_id, c.import_max_kw, c.export_max_kw, c.setpoint_kw)
+                                   for c in change.constraints), key=repr))
+            key = (change.source, change.scope)
+            renewal = self._last_values.get(key) == values
+            self._last_values[key] = values
+            if renewal:  # a polled source saying the same again: the periodic tick suffices
+                return
+        elif change.kind.value == "withdrawn":
+            self._last_values.pop((change.source, change.scope), None)
         kind = {"published": "constraint", "withdrawn": "constraint", "prices": "prices"}.get(
             change.kind.value, "link")
         self.request(kind, f"{change.source} {change.kind.value} {change.scope}: "
@@ -163,6 +174,8 @@ class Controller:
             planned = _planned_kw(schedule, reading.evse_id, reading.at)
             if planned is None:
                 continue
+            if 0.0 < planned < self._evses[reading.evse_id].min_power_kw:
+                planned = 0.0  # below the minimum current the profile says 0 (see profiles)
             gap = reading.power_kw - planned
             if abs(gap) <= self.settings.deviation_kw:
                 continue
@@ -171,8 +184,10 @@ class Controller:
                     reading.power_kw < min(planned, 0.0) - self.settings.deviation_kw:
                 self.unruly[reading.evse_id] = (  # beyond what it was sent: a safety matter
                     f"measured {reading.power_kw:.1f} kW against {planned:.1f} kW planned")
-            elif planned > 0.0 and gap < 0.0:
-                self.tracker.limit_ev(reading.evse_id, max(reading.power_kw, 0.0))
+            elif planned > 0.0 and gap < 0.0 and reading.power_kw > self.settings.deviation_kw:
+                # an EV charging, but slower than planned, takes what it takes (taper, an
+                # onboard charger smaller than the EVSE); one at 0 may only be late to start
+                self.tracker.limit_ev(reading.evse_id, reading.power_kw)
             self.request("deviation", f"{reading.evse_id}: measured {reading.power_kw:.1f} kW, "
                                       f"planned {planned:.1f} kW")
 
@@ -278,8 +293,10 @@ class Controller:
 
     def _solve(self, scenario: Scenario) -> tuple[Schedule, str, float]:
         problem, index = build_problem(scenario)
-        solution = solve(problem, method=self.settings.method,
-                         time_limit_s=self.settings.time_limit_s)
+        # nothing to schedule: the LP returns the all-zero plan at once (the MILP path
+        # has no empty case)
+        method = self.settings.method if scenario.sessions else "lp"
+        solution = solve(problem, method=method, time_limit_s=self.settings.time_limit_s)
         schedule = to_schedule(solution, problem, index)
         return schedule, "optimal" if solution.ok else str(solution.status), \
             float(solution.objective)

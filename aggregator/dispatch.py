@@ -21,8 +21,7 @@ from adapters.ocpp.profiles import (
     ProfileError,
     ProfileRequest,
     RateUnit,
-    composite_power_kw,
-    sent_power_kw,
+    readback_excess,
     set_charging_profile,
 )
 from aggregator.model import Evse, Schedule
@@ -147,11 +146,10 @@ async def _read_back(csms: Csms, station_id: str, number: int, evse: Evse,
     composite = await csms.get_composite_schedule(station_id, number, duration_s, unit)
     if composite is None:
         return False, "no composite schedule read back"
-    sent = sent_power_kw(evse, payload, unit, schedule.interval, n)
-    applied = composite_power_kw(evse, composite, unit, schedule.interval, n)
-    # outside the plan: more charging than sent, or more discharging than sent
-    over = [i for i, (a, s) in enumerate(zip(applied, sent, strict=True))
-            if a > max(s, 0.0) + FOLLOW_TOLERANCE_KW or a < min(s, 0.0) - FOLLOW_TOLERANCE_KW]
+    start = schedule.intervals[0].to_pydatetime()
+    over = readback_excess(evse, payload, composite, unit, start,
+                           start + n * schedule.interval, FOLLOW_TOLERANCE_KW)
     if over:
-        return False, f"station plans beyond what it was sent in intervals {over[:8]}"
+        shown = ", ".join(f"{moment:%H:%M:%S}" for moment in over[:6])
+        return False, f"station plans beyond what it was sent from {shown}"
     return True, ""

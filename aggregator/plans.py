@@ -9,6 +9,7 @@ the plan id, so an operator can always answer "what did gridflex tell that stati
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,7 +39,7 @@ plans = Table(
     Column("horizon_start_us", BigInteger, nullable=False),
     Column("interval_s", Integer, nullable=False),
     Column("status", String(32), nullable=False),
-    Column("objective", Float, nullable=False),
+    Column("objective", Float),  # NULL: no objective (a failed solve)
     Column("solve_s", Float, nullable=False),
     Column("dispatch_s", Float, nullable=False),
     Column("latency_s", Float, nullable=False),
@@ -102,7 +103,8 @@ class PlanRecord:
             "plan_id": self.plan_id, "planned_at": self.planned_at.isoformat(),
             "horizon_start": self.horizon_start.isoformat(),
             "interval_s": int(self.interval.total_seconds()), "status": self.status,
-            "objective": self.objective, "solve_s": self.solve_s,
+            "objective": self.objective if math.isfinite(self.objective) else None,
+            "solve_s": self.solve_s,
             "dispatch_s": self.dispatch_s, "latency_s": self.latency_s,
             "sessions": self.sessions, "unmet_kwh": self.unmet_kwh,
             "fallback": self.fallback,
@@ -121,7 +123,7 @@ def record_plan(ledger: Ledger, plan: PlanRecord) -> bool:
         "plan_id": plan.plan_id, "planned_at_us": to_us(plan.planned_at),
         "horizon_start_us": to_us(plan.horizon_start),
         "interval_s": data["interval_s"], "status": plan.status,
-        "objective": plan.objective, "solve_s": plan.solve_s,
+        "objective": data["objective"], "solve_s": plan.solve_s,
         "dispatch_s": plan.dispatch_s, "latency_s": plan.latency_s,
         "sessions": plan.sessions, "unmet_kwh": plan.unmet_kwh, "fallback": plan.fallback,
         "triggers_json": json.dumps(data["triggers"]),
@@ -147,7 +149,8 @@ def journaled_plans(ledger: Ledger, *, since: datetime | None = None,
         plan_id=row.plan_id, planned_at=from_us(int(row.planned_at_us)),
         horizon_start=from_us(int(row.horizon_start_us)),
         interval=timedelta(seconds=int(row.interval_s)), status=row.status,
-        objective=float(row.objective), solve_s=float(row.solve_s),
+        objective=float("nan") if row.objective is None else float(row.objective),
+        solve_s=float(row.solve_s),
         dispatch_s=float(row.dispatch_s), latency_s=float(row.latency_s),
         sessions=int(row.sessions), unmet_kwh=float(row.unmet_kwh), fallback=row.fallback,
         triggers=tuple(Trigger(t["kind"], t["detail"], datetime.fromisoformat(t["at"]), 0.0)

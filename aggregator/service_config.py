@@ -232,7 +232,8 @@ def _plan(raw: Mapping[str, Any]) -> PlanSettings:
 
 def _sessions(raw: Mapping[str, Any]) -> SessionDefaults:
     w = "sessions"
-    _fields.no_unknown(raw, {"battery_capacity_kwh", "soc", "dwell_s", "min_soc_v2g"}, w)
+    _fields.no_unknown(raw, {"battery_capacity_kwh", "soc", "dwell_s", "min_soc_v2g",
+                             "energy_kwh"}, w)
     d = SessionDefaults()
     return SessionDefaults(
         battery_capacity_kwh=_fields.number(raw, "battery_capacity_kwh", w,
@@ -240,7 +241,9 @@ def _sessions(raw: Mapping[str, Any]) -> SessionDefaults:
         soc=_fields.number(raw, "soc", w, d.soc, minimum=0, maximum=1),
         dwell=timedelta(seconds=_fields.number(raw, "dwell_s", w, d.dwell.total_seconds(),
                                                minimum=60)),
-        min_soc_v2g=_fields.number(raw, "min_soc_v2g", w, d.min_soc_v2g, minimum=0, maximum=1))
+        min_soc_v2g=_fields.number(raw, "min_soc_v2g", w, d.min_soc_v2g, minimum=0, maximum=1),
+        energy_kwh=None if "energy_kwh" not in raw else _fields.number(
+            raw, "energy_kwh", w, None, minimum=0))
 
 
 def _adapters(data: Mapping[str, Any], tree: GridTree) -> dict[str, Any]:

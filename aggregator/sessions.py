@@ -23,6 +23,7 @@ class SessionDefaults:
     soc: float = 0.3
     dwell: timedelta = timedelta(hours=8)
     min_soc_v2g: float = 0.4
+    energy_kwh: float | None = None  # the energy wish of an EV that says none (None: full)
     charge_efficiency: float = 0.95
     discharge_efficiency: float = 0.95
 
@@ -46,8 +47,8 @@ def session_from_needs(session_id: str, evse: Evse, arrival: datetime, needs: Ev
     if needs.target_soc is not None:
         wish["target_soc"] = needs.target_soc
     else:
-        wish["energy_requested_kwh"] = min(room, needs.energy_kwh if needs.energy_kwh
-                                           is not None else room)
+        asked = needs.energy_kwh if needs.energy_kwh is not None else d.energy_kwh
+        wish["energy_requested_kwh"] = min(room, asked if asked is not None else room)
     return Session(
         session_id=session_id, evse_id=evse.evse_id, arrival=arrival, departure=departure,
         battery_capacity_kwh=capacity, soc_initial=soc,
@@ -73,6 +74,8 @@ class LiveSession:
     power_at: datetime | None = None
     ended_at: datetime | None = None
     ev_limit_kw: float | None = None  # the EV drew less than planned: what it takes
+    soc_from_ev: bool = False  # the EV said its SoC at arrival (else a default stands in)
+    capacity_from_ev: bool = False  # the EV said its battery size (else a default)
 
     @property
     def imported_kwh(self) -> float:
@@ -83,10 +86,15 @@ class LiveSession:
         return 0.0 if self.export_wh is None else (self.export_wh[1] - self.export_wh[0]) / 1e3
 
     def soc_now(self) -> float:
-        """Measured SoC if the EV reports one, else the start SoC plus the metered energy."""
-        if self.soc is not None:
-            return self.soc
+        """The SoC to plan from, in the session's own terms.
+
+        A reported SoC is used as is when the battery size is known or the wish is a
+        target SoC.  An energy wish on an assumed battery size is followed by the meter
+        (arrival SoC plus metered energy), so the assumed size cannot make it end early.
+        """
         s = self.session
+        if self.soc is not None and (self.capacity_from_ev or s.target_soc is not None):
+            return self.soc
         energy = s.energy_initial_kwh + self.imported_kwh * s.charge_efficiency \
             - self.exported_kwh / s.discharge_efficiency
         return min(1.0, max(0.0, energy / s.battery_capacity_kwh))
@@ -133,7 +141,9 @@ class SessionTracker:
         session_id = self.session_id(*key)
         known = needs or EvNeeds(received_at=at, departure=None, energy_kwh=None, raw={})
         live = LiveSession(session_from_needs(session_id, evse, at, known, self.defaults),
-                           station_id, evse_number, transaction_id)
+                           station_id, evse_number, transaction_id,
+                           soc_from_ev=known.soc is not None,
+                           capacity_from_ev=known.capacity_kwh is not None)
         self.live[session_id] = live
         self._by_tx[key] = session_id
         return live
@@ -147,6 +157,9 @@ class SessionTracker:
         evse = self.evses[(station_id, evse_number)]
         live.session = session_from_needs(live.session.session_id, evse, live.session.arrival,
                                           needs, self.defaults)
+        live.soc_from_ev = needs.soc is not None
+        live.capacity_from_ev = needs.capacity_kwh is not None
+        _rebase(live)
         return True
 
     def end(self, station_id: str, evse_number: int, transaction_id: str | None,
@@ -162,8 +175,9 @@ class SessionTracker:
         return live
 
     def observe(self, samples: Iterable[MeterSample]) -> list[PowerReading]:
-        """Registers, SoC and power of running sessions; returns the power readings."""
-        readings: list[PowerReading] = []
+        """Registers, SoC and power of running sessions; returns one net power reading
+        per EVSE and meter time (import minus export, whichever order they came in)."""
+        net: dict[tuple[str, datetime], float] = {}
         for sample in samples:
             if sample.transaction_id is None or sample.phase:
                 continue
@@ -182,14 +196,17 @@ class SessionTracker:
                 live.export_wh = _register(live.export_wh, sample.value)
             elif m is Measurand.SOC:
                 live.soc = min(1.0, max(0.0, sample.value / 100.0))
+                _rebase(live)
             elif live.ended_at is None:
                 sign = 1.0 if m is Measurand.POWER_IMPORT else -1.0
-                if live.power_at == sample.measured_at and live.power_kw is not None:
-                    live.power_kw += sign * sample.value / 1e3  # import and export both sent
-                else:
-                    live.power_kw, live.power_at = sign * sample.value / 1e3, sample.measured_at
-                readings.append(PowerReading(live.session.evse_id, sample.measured_at,
-                                             live.power_kw))
+                key = (live.session.session_id, sample.measured_at)
+                net[key] = net.get(key, 0.0) + sign * sample.value / 1e3
+        readings: list[PowerReading] = []
+        for (session_id, at), power_kw in sorted(net.items(), key=lambda item: item[0][1]):
+            live = self.live[session_id]
+            if live.power_at is None or at >= live.power_at:
+                live.power_kw, live.power_at = power_kw, at
+            readings.append(PowerReading(live.session.evse_id, at, power_kw))
         return readings
 
     def limit_ev(self, evse_id: str, limit_kw: float) -> None:
@@ -216,6 +233,23 @@ class SessionTracker:
             sessions.append(s)
             soc[s.session_id] = live.soc_now()
         return sessions, soc
+
+
+def _rebase(live: LiveSession) -> None:
+    """Once the EV reports its SoC, a defaulted arrival SoC is replaced by the one the
+    measurement implies (what was metered since arrival taken back), so an energy wish
+    "on top of the arrival SoC" is counted from where the battery really was."""
+    if live.soc_from_ev or live.soc is None:
+        return
+    s = live.session
+    metered_kwh = live.imported_kwh * s.charge_efficiency - live.exported_kwh / \
+        s.discharge_efficiency
+    arrival_soc = min(1.0, max(0.0, live.soc - metered_kwh / s.battery_capacity_kwh))
+    room_kwh = s.battery_capacity_kwh * (1.0 - arrival_soc)
+    wish = s.energy_requested_kwh
+    live.session = replace(s, soc_initial=arrival_soc,
+                           energy_requested_kwh=None if wish is None else min(wish, room_kwh))
+    live.soc_from_ev = True
 
 
 def _register(known: tuple[float, float] | None, value: float) -> tuple[float, float]:

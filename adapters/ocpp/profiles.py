@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from aggregator.model import Evse, OcppVersion, require_utc
+from aggregator.model import Evse, OcppVersion, parse_utc, require_utc
 
 RateUnit = Literal["A", "W"]
 Purpose = Literal["TxProfile", "TxDefaultProfile", "ChargePointMaxProfile",
@@ -196,15 +196,66 @@ def sent_power_kw(evse: Evse, payload: dict[str, Any], unit: RateUnit,
                    interval, n_intervals)
 
 
-def composite_power_kw(evse: Evse, composite: dict[str, Any], unit: RateUnit,
-                       interval: timedelta, n_intervals: int) -> list[float]:
-    """Per interval, the signed power a station's composite schedule (read-back) allows.
+READBACK_GRACE = timedelta(seconds=2)
+ZERO = timedelta(0)
 
-    ``composite`` is the GetCompositeSchedule answer as the ocpp library gives it (snake
-    case; 1.6 under ``charging_schedule``, 2.x under ``schedule``).  Intervals the
-    schedule does not cover count as unlimited (``inf``).
-    """
+
+def readback_excess(evse: Evse, payload: dict[str, Any], composite: dict[str, Any],
+                    unit: RateUnit, plan_start: datetime, plan_end: datetime,
+                    tolerance_kw: float) -> list[datetime]:
+    """Moments where a station's composite schedule (read-back) allows more than it was
+    sent: more charging, or more discharging.  Both are compared on absolute time: the
+    composite starts when the station computed it, the payload at ``plan_start``; only
+    ``[plan_start, plan_end)`` is checked.  ``composite`` is the ocpp library's snake-case
+    GetCompositeSchedule answer (1.6 under ``charging_schedule``, 2.x under ``schedule``)."""
+    if "csChargingProfiles" in payload:
+        sent_periods = payload["csChargingProfiles"]["chargingSchedule"][
+            "chargingSchedulePeriod"]
+    else:
+        sent_periods = payload["chargingProfile"]["chargingSchedule"][0][
+            "chargingSchedulePeriod"]
     schedule = composite.get("charging_schedule") or composite.get("schedule") or {}
-    return _spread(schedule.get("charging_schedule_period") or [], "start_period",
-                   lambda period: _power_kw(evse, period, unit, snake=True),
-                   interval, n_intervals)
+    raw_start = schedule.get("start_schedule") or schedule.get("schedule_start") or \
+        composite.get("schedule_start")
+    composite_start = plan_start if raw_start is None else parse_utc(raw_start,
+                                                                     "schedule_start")
+    sent = _timed(sent_periods, "startPeriod", plan_start,
+                  lambda period: _power_kw(evse, period, unit, snake=False))
+    applied = _timed(schedule.get("charging_schedule_period") or [], "start_period",
+                     composite_start, lambda period: _power_kw(evse, period, unit, snake=True))
+    begin = max(plan_start, composite_start)
+    last = plan_end - READBACK_GRACE  # what a station does after the plan is its own
+    changes = {begin, *(t for t, _ in sent + applied)}
+    # each change is looked at on it and just after it (past the rounding grace)
+    moments = sorted(t for c in changes for t in (c, c + 2 * READBACK_GRACE)
+                     if begin <= t < last)
+    excess: list[datetime] = []
+    for moment in moments:
+        used = _at(applied, moment)
+        # stations round period offsets to whole seconds: a change of plan within
+        # READBACK_GRACE of the moment may be either side of it
+        allowed = [v for v in (_at(sent, moment + d) for d in (-READBACK_GRACE, ZERO,
+                                                             READBACK_GRACE)) if v is not None]
+        if used is None or not allowed:
+            continue
+        beyond = used > max(*allowed, 0.0) + tolerance_kw or \
+            used < min(*allowed, 0.0) - tolerance_kw
+        if beyond and (not excess or moment - excess[-1] > 2 * READBACK_GRACE):
+            excess.append(moment)  # one per change is enough to say where
+    return excess
+
+
+def _timed(periods: list[dict[str, Any]], start_key: str, origin: datetime,
+           power: Any) -> list[tuple[datetime, float]]:
+    return sorted((origin + timedelta(seconds=float(p[start_key])), float(power(p)))
+                  for p in periods)
+
+
+def _at(steps: list[tuple[datetime, float]], moment: datetime) -> float | None:
+    """The value of the last step started by ``moment`` (None before the first)."""
+    found = None
+    for start, value in steps:
+        if start > moment:
+            break
+        found = value
+    return found

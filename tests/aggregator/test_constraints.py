@@ -159,3 +159,18 @@ def test_context_for_adds_the_books_limits_on_known_nodes(shipped_scenario: Scen
     assert planned.constraints[:-1] == shipped_scenario.constraints
     assert planned.constraints[-1].source_ref == "known"
     assert planned.prices[-1] == price and planned.sessions == shipped_scenario.sessions
+
+
+def test_a_failing_listener_neither_loses_the_limit_nor_stops_the_others() -> None:
+    book = ConstraintBook(started_at=T0)
+    seen: list[BookChange] = []
+
+    def broken(_: BookChange) -> None:
+        raise RuntimeError("listener bug")
+
+    book.subscribe(broken)
+    book.subscribe(seen.append)
+    book.publish("openadr", "event:e1", [cap("openadr", "mod 0", T0, T0 + H, import_kw=50)],
+                 at=T0)
+    assert book.limit_kw("site-a", "import", T0) == 50
+    assert [c.kind for c in seen] == [ChangeKind.PUBLISHED]

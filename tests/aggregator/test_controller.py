@@ -211,20 +211,26 @@ def test_a_plan_that_cannot_meet_a_cap_is_replaced_by_zero_power() -> None:
     assert stations.sent[-1].power_kw.abs().to_numpy().max() == 0.0
 
 
-def test_measured_soc_and_overstay_shape_the_next_plan() -> None:
+def test_metered_energy_and_overstay_shape_the_next_plan() -> None:
     controller, stations, clock, _ = rig()
-    plug(controller, 1, energy_kwh=10.0, hours=1)
-    clock.now = T0 + timedelta(minutes=30)
-    # the EV reports 30 % + 10 kWh of its 60 kWh already: nothing more to charge
-    controller.on_samples([MeterSample("cs1", 1, "tx1", clock.now, Measurand.SOC,
-                                       100 * (0.3 + 10 / 60), clock.now)])
+    plug(controller, 1, energy_kwh=20.0, hours=1)
+
+    def metered(kwh_into_battery: float) -> None:
+        controller.on_samples([
+            MeterSample("cs1", 1, "tx1", T0, Measurand.ENERGY_IMPORT, 0.0, T0),
+            MeterSample("cs1", 1, "tx1", clock.now, Measurand.ENERGY_IMPORT,
+                        kwh_into_battery * 1000 / 0.95, clock.now)])
+
+    clock.now = T0 + timedelta(hours=2)  # past its departure, still plugged in, 10 kWh short
+    metered(10.0)
+    plan = asyncio.run(controller.replan())
+    assert plan.sessions == 1 and plan.unmet_kwh == pytest.approx(0.0, abs=1e-6)
+    planned = stations.sent[-1].power_kw["e1"]
+    assert planned.sum() * 0.25 * 0.95 == pytest.approx(10.0, rel=1e-3)  # planned for it
+    clock.now += timedelta(minutes=30)
+    metered(20.0)  # its wish is met: nothing more to charge
     asyncio.run(controller.replan())
     assert stations.sent[-1].power_kw["e1"].abs().max() < 1e-6
-    clock.now = T0 + timedelta(hours=2)  # past its departure, still plugged in
-    controller.on_samples([MeterSample("cs1", 1, "tx1", clock.now, Measurand.SOC, 40.0,
-                                       clock.now)])
-    plan = asyncio.run(controller.replan())
-    assert plan.sessions == 1 and stations.sent[-1].power_kw["e1"].max() > 0
     controller.on_station_event(StationEvent("ended", "cs1", 1, "tx1", clock.now))
     assert asyncio.run(controller.replan()).sessions == 0
 
@@ -234,3 +240,41 @@ def test_settings_are_checked_by_name() -> None:
         ControllerSettings(debounce_s=0)
     with pytest.raises(ModelError, match="interval"):
         ControllerSettings(interval=timedelta(seconds=0.5))
+
+
+def test_a_polled_limit_renewed_unchanged_does_not_trigger_a_plan_but_a_new_value_does() -> None:
+    controller, _, _, book = rig()
+    for minute in (0, 1, 2):  # the same 15 kW, renewed with a later window each poll
+        at = T0 + timedelta(minutes=minute)
+        book.publish("openadr", "event:e1", [site_cap(15.0, start=at)], at=at)
+    assert [t.kind for t in controller._pending] == ["constraint"]
+    book.publish("openadr", "event:e1", [site_cap(12.0, start=T0 + timedelta(minutes=3))],
+                 at=T0 + timedelta(minutes=3))
+    assert [t.kind for t in controller._pending] == ["constraint", "constraint"]
+
+
+def test_a_plan_below_the_minimum_current_is_expected_as_zero_not_as_a_deviation() -> None:
+    controller, stations, clock, book = rig()
+    book.publish("openadr", "event:e1", [site_cap(2.0)], at=T0)  # below the 4.1 kW minimum
+    plug(controller, 1, energy_kwh=1.0, hours=1)
+    asyncio.run(controller.replan())
+    series = stations.sent[-1].power_kw["e1"]
+    low = series[(series > 0) & (series < tree().evse("e1").min_power_kw)]
+    assert len(low) > 0 and series.max() <= 2.0 + 1e-6
+    clock.now = low.index[0].to_pydatetime() + timedelta(minutes=2)
+    controller.on_samples([MeterSample("cs1", 1, "tx1", clock.now, Measurand.POWER_IMPORT,
+                                       0.0, clock.now)])
+    assert controller._pending == [] and controller.unruly == {}
+
+
+def test_a_failed_solve_is_journaled_with_no_objective(tmp_path: Path) -> None:
+    from dataclasses import replace as changed
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    controller, _, _, _ = rig(journal=ledger)
+    plan = asyncio.run(controller.replan())
+    failed = changed(plan, plan_id="failed", status="error", objective=float("nan"))
+    assert record_plan(ledger, failed)
+    (stored,) = [p for p in journaled_plans(ledger) if p.plan_id == "failed"]
+    assert stored.status == "error" and stored.objective != stored.objective  # NaN back
+    assert failed.to_json()["objective"] is None  # valid JSON for the API

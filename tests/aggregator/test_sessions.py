@@ -63,3 +63,44 @@ def test_zero_is_an_answer_not_a_gap() -> None:
     assert needs.energy_kwh == 0.0 and needs.max_charge_kw == 0.0
     session = session_from_needs("s-4", AC, T0, needs)
     assert session.energy_requested_kwh == 0.0 and session.max_charge_kw == 0.0
+
+
+def test_import_and_export_power_at_one_moment_make_one_net_reading_in_any_order() -> None:
+    from datetime import UTC, datetime
+
+    from aggregator.model import Evse, Measurand, MeterSample
+    from aggregator.sessions import SessionTracker
+
+    at = datetime(2026, 11, 22, 19, 35, tzinfo=UTC)
+    tracker = SessionTracker({("cs", 1): Evse("e1", "site", 11.0)})
+    tracker.start("cs", 1, "tx", at)
+    for order in ((Measurand.POWER_IMPORT, Measurand.POWER_EXPORT),
+                  (Measurand.POWER_EXPORT, Measurand.POWER_IMPORT)):
+        values = {Measurand.POWER_IMPORT: 0.0, Measurand.POWER_EXPORT: 6261.5}
+        readings = tracker.observe([MeterSample("cs", 1, "tx", at, m, values[m], at)
+                                    for m in order])
+        assert [(r.evse_id, r.power_kw) for r in readings] == [("e1", -6.2615)]
+    assert tracker.live["cs/1/tx"].power_kw == -6.2615
+
+
+def test_a_measured_soc_replaces_the_default_arrival_soc_and_keeps_the_energy_wish() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from adapters.ocpp.csms import EvNeeds
+    from aggregator.model import Evse, Measurand, MeterSample
+    from aggregator.sessions import SessionDefaults, SessionTracker
+
+    at = datetime(2026, 11, 22, 17, tzinfo=UTC)
+    tracker = SessionTracker({("cs", 1): Evse("e1", "site", 11.0)}, SessionDefaults(soc=0.3))
+    tracker.start("cs", 1, "tx", at)
+    tracker.update_needs("cs", 1, EvNeeds(at, at + timedelta(hours=4), 11.1, {}))
+    later = at + timedelta(minutes=30)
+    tracker.observe([MeterSample("cs", 1, "tx", at, Measurand.ENERGY_IMPORT, 0.0, at),
+                     MeterSample("cs", 1, "tx", later, Measurand.ENERGY_IMPORT, 5700.0, later),
+                     MeterSample("cs", 1, "tx", later, Measurand.SOC, 54.0, later)])
+    session = tracker.live["cs/1/tx"].session
+    # 54 % now, 5.7 kWh metered (5.415 kWh into the battery of 60): it came with 44.975 %
+    assert session.soc_initial == pytest.approx(0.54 - 5.7 * 0.95 / 60)
+    assert session.energy_requested_kwh == pytest.approx(11.1)
+    left = session.energy_target_kwh - 0.54 * 60
+    assert left == pytest.approx(11.1 - 5.415)

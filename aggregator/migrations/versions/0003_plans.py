@@ -25,7 +25,7 @@ def upgrade() -> None:
         sa.Column("horizon_start_us", sa.BigInteger(), nullable=False),
         sa.Column("interval_s", sa.Integer(), nullable=False),
         sa.Column("status", sa.String(32), nullable=False),
-        sa.Column("objective", sa.Float(), nullable=False),
+        sa.Column("objective", sa.Float()),
         sa.Column("solve_s", sa.Float(), nullable=False),
         sa.Column("dispatch_s", sa.Float(), nullable=False),
         sa.Column("latency_s", sa.Float(), nullable=False),

@@ -196,3 +196,32 @@ def test_station_cap_profiles(evse: Evse, purpose: str) -> None:
     with pytest.raises(ProfileError, match="purpose"):
         set_charging_profile(request(evse, [1.0], evse_number=0, purpose=wrong,
                                      transaction_id=None))
+
+
+def test_readback_is_compared_on_absolute_time_when_the_station_computes_it_later() -> None:
+    from adapters.ocpp.profiles import readback_excess
+
+    payload = set_charging_profile(request(V2G21, [11.0, 5.0, -6.0, 11.0], rate_unit="W"))
+    late = T0 + timedelta(minutes=1, seconds=22)  # the station's clock when it answered
+    shift_s = (late - T0).total_seconds()
+
+    def composite(watts: list[float]) -> dict[str, Any]:
+        periods = [{"start_period": 0, "limit": watts[0]}] + [
+            {"start_period": int(i * STEP.total_seconds() - shift_s), "limit": w}
+            for i, w in enumerate(watts) if i > 0]
+        for period in periods:
+            if period["limit"] < 0:
+                period.update(operation_mode="CentralSetpoint", setpoint=period["limit"],
+                              limit=0.0)
+        return {"schedule": {"schedule_start": late.isoformat().replace("+00:00", "Z"),
+                             "charging_rate_unit": "W", "charging_schedule_period": periods}}
+
+    end = T0 + 4 * STEP
+    follows = composite([11000.0, 5000.0, -6000.0, 11000.0])
+    assert readback_excess(V2G21, payload, follows, "W", T0, end, 0.05) == []
+    more = composite([11000.0, 7000.0, -6000.0, 11000.0])  # charges more in interval 1
+    (found,) = readback_excess(V2G21, payload, more, "W", T0, end, 0.05)
+    assert T0 + STEP <= found <= T0 + STEP + timedelta(seconds=5)
+    deeper = composite([11000.0, 5000.0, -9000.0, 11000.0])  # discharges more than sent
+    (found,) = readback_excess(V2G21, payload, deeper, "W", T0, end, 0.05)
+    assert T0 + 2 * STEP <= found <= T0 + 2 * STEP + timedelta(seconds=5)
