@@ -71,6 +71,32 @@ def _settle(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _live_demo(out: Path, speed: float, hours: float, *, as_json: bool) -> int:
+    import asyncio
+    import logging
+
+    from aggregator.demo import DemoSettings, format_summary, run_demo
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    if not (speed > 0 and 1.5 <= hours <= 24):
+        print("error: --speed must be > 0 and --hours in 1.5..24", file=sys.stderr)
+        return 2
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr if as_json else sys.stdout, flush=True)
+
+    summary = asyncio.run(run_demo(DemoSettings(out_dir=out, speed=speed, hours=hours),
+                                   progress))
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        print()
+        print(format_summary(summary))
+        for violation in summary["violations"]:
+            print(f"  violation: {violation}")
+    return 0 if summary["cap_violations"] == 0 else 1
+
+
 def _serve(path: Path, log_level: str) -> int:
     """Run the service until SIGTERM or SIGINT, then stop cleanly (no sample lost)."""
     import asyncio
@@ -114,9 +140,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                            help="solver time limit in seconds")
     solve_cmd.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    demo_cmd = commands.add_parser("demo", help="solve the shipped office evening-peak scenario")
+    demo_cmd = commands.add_parser("demo", help="the live end-to-end demo on 127.0.0.1: "
+                                   "three DSOs, 20 OCPP stations, an evening in about a minute")
     demo_cmd.add_argument("--out", type=Path, default=Path("out/demo"))
-    demo_cmd.add_argument("--json", action="store_true")
+    demo_cmd.add_argument("--json", action="store_true",
+                          help="progress on stderr, one JSON summary line on stdout")
+    demo_cmd.add_argument("--speed", type=float, default=300.0,
+                          help="simulated seconds per real second")
+    demo_cmd.add_argument("--hours", type=float, default=6.0, help="simulated hours from 16:00")
+    demo_cmd.add_argument("--offline", action="store_true",
+                          help="instead: solve the shipped scenario file offline")
 
     settle_cmd = commands.add_parser("settle", help="energy per session from the ledger")
     settle_cmd.add_argument("--ledger", required=True, metavar="URL",
@@ -160,13 +193,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     led.add_argument("--batch", type=int, default=5000)
     led.add_argument("--json", action="store_true", help="JSON lines only (always)")
 
+    iec = benches.add_parser("iec61850", help="latency from a changed DESE.ChaPwrLim on a "
+                             "real IED to the limit in force in the constraint book")
+    iec.add_argument("--modes", default="report,poll",
+                     help="comma-separated: report (needs pyiec61850-ng), poll")
+    iec.add_argument("--samples", type=int, default=50)
+    iec.add_argument("--poll-interval", type=float, default=1.0, metavar="S")
+    iec.add_argument("--integrity-period", type=float, default=10.0, metavar="S")
+    iec.add_argument("--seed", type=int, default=61850)
+    iec.add_argument("--json", action="store_true", help="JSON lines only")
+
     args = parser.parse_args(argv)
     if args.command == "solve":
         return _solve_scenario(args.scenario, args.out, milp=args.milp,
                                time_limit_s=args.time_limit, as_json=args.json)
-    if args.command == "demo":
+    if args.command == "demo" and args.offline:
         return _solve_scenario(DEMO_SCENARIO, args.out, milp=False, time_limit_s=None,
                                as_json=args.json)
+    if args.command == "demo":
+        return _live_demo(args.out, args.speed, args.hours, as_json=args.json)
     if args.command == "settle":
         return _settle(args, parser)
     if args.command == "serve":
@@ -194,6 +239,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.postgres:
             urls["postgresql"] = args.postgres
         return bench_ledger(urls, n_evses=args.evses, days=args.days, batch=args.batch)
+    if args.command == "bench" and args.bench == "iec61850":
+        from aggregator.bench_iec61850 import bench_iec61850
+        if args.samples < 1 or args.poll_interval <= 0 or args.integrity_period <= 0:
+            parser.error("--samples, --poll-interval and --integrity-period must be > 0")
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        return bench_iec61850(modes, args.samples, args.json,
+                              poll_interval_s=args.poll_interval,
+                              integrity_period_s=args.integrity_period, seed=args.seed)
     parser.error("unknown command")
     return 2
 

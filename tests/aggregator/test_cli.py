@@ -102,10 +102,10 @@ def test_missing_scenario_file_returns_2(tmp_path: Path,
     assert not (tmp_path / "out").exists()
 
 
-def test_demo_solves_the_shipped_scenario(tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_offline_demo_solves_the_shipped_scenario(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out)]) == 0
+    assert main(["demo", "--offline", "--out", str(out)]) == 0
     assert {p.name for p in out.iterdir()} == OUTPUT_FILES
     assert json.loads((out / "summary.json").read_text())["scenario"] == "office-evening-cap"
     assert "office-evening-cap" in capsys.readouterr().out

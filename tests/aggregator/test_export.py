@@ -62,4 +62,4 @@ def test_gridflex_settle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit):
         main(["settle", "--ledger", url, "--from", "2026-11-20 16:00", "--to",
               "2026-11-20T18:00:00Z"])
-    assert "--from: give a UTC offset" in capsys.readouterr().err
+    assert "--from: date-time without a UTC offset" in capsys.readouterr().err
