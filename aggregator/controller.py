@@ -26,7 +26,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[impo
 from adapters.ocpp.csms import StationEvent
 from aggregator.audit import cap_violations
 from aggregator.clock import Clock, floor_to
-from aggregator.constraints import BookChange, ConstraintBook
+from aggregator.constraints import BookChange, ChangeKind, ConstraintBook
 from aggregator.horizon import roll_forward
 from aggregator.model import Evse, GridTree, MeterSample, ModelError, NodeLoad, Schedule
 from aggregator.planning import build_problem, to_schedule
@@ -125,7 +125,7 @@ class Controller:
         self._done.append(listener)
 
     def _on_book_change(self, change: BookChange) -> None:
-        if change.kind.value == "published":
+        if change.kind is ChangeKind.PUBLISHED:
             values = tuple(sorted(((c.node_id, c.import_max_kw, c.export_max_kw, c.setpoint_kw)
                                    for c in change.constraints), key=repr))
             key = (change.source, change.scope)
@@ -133,10 +133,10 @@ class Controller:
             self._last_values[key] = values
             if renewal:  # a polled source saying the same again: the periodic tick suffices
                 return
-        elif change.kind.value == "withdrawn":
+        elif change.kind is ChangeKind.WITHDRAWN:
             self._last_values.pop((change.source, change.scope), None)
-        kind = {"published": "constraint", "withdrawn": "constraint", "prices": "prices"}.get(
-            change.kind.value, "link")
+        kind = {ChangeKind.PUBLISHED: "constraint", ChangeKind.WITHDRAWN: "constraint",
+                ChangeKind.PRICES: "prices"}.get(change.kind, "link")
         self.request(kind, f"{change.source} {change.kind.value} {change.scope}: "
                            f"{change.reason}".strip())
 
@@ -275,20 +275,18 @@ class Controller:
         start = floor_to(now, s.interval)
         sessions, soc = self.tracker.planning_sessions(start, s.overstay)
         end = start + s.horizon_intervals * s.interval
-        loads = []
-        for evse_id in sorted(self.unruly):
-            if any(x.evse_id == evse_id for x in sessions):
-                loads.append(NodeLoad(self._evses[evse_id].node_id, start, end,
-                                      self._evses[evse_id].max_import_kw))
+        plugged = {x.evse_id for x in sessions}
+        loads = [NodeLoad(self._evses[e].node_id, start, end, self._evses[e].max_import_kw)
+                 for e in sorted(self.unruly) if e in plugged]
         kept = [x for x in sessions if x.evse_id not in self.unruly]
         scenario = Scenario(name="live", start=start, interval=s.interval,
                             n_intervals=s.horizon_intervals, tree=self.tree,
                             sessions=tuple(replace(x, arrival=min(x.arrival, start))
                                            for x in kept),
                             loads=tuple(loads), settings=self.plan_settings)
+        planned = {x.session_id for x in kept}
         scenario = roll_forward(scenario, max(now, start),
-                                {k: v for k, v in soc.items()
-                                 if k in {x.session_id for x in kept}})
+                                {k: v for k, v in soc.items() if k in planned})
         return self.book.context_for(scenario)
 
     def _solve(self, scenario: Scenario) -> tuple[Schedule, str, float]:

@@ -124,6 +124,7 @@ class SessionTracker:
         self.live: dict[str, LiveSession] = {}
         self.finished: list[LiveSession] = []
         self._by_tx: dict[tuple[str, int, str], str] = {}
+        self._known: dict[str, LiveSession] = {}  # running and finished, by session id
 
     @staticmethod
     def session_id(station_id: str, evse_number: int, transaction_id: str) -> str:
@@ -144,7 +145,7 @@ class SessionTracker:
                            station_id, evse_number, transaction_id,
                            soc_from_ev=known.soc is not None,
                            capacity_from_ev=known.capacity_kwh is not None)
-        self.live[session_id] = live
+        self.live[session_id] = self._known[session_id] = live
         self._by_tx[key] = session_id
         return live
 
@@ -183,10 +184,7 @@ class SessionTracker:
                 continue
             session_id = self._by_tx.get((sample.station_id, sample.evse_number,
                                           sample.transaction_id))
-            live = self.live.get(session_id) if session_id else None
-            if live is None:
-                live = next((s for s in self.finished if s.session.session_id == session_id),
-                            None)
+            live = self._known.get(session_id) if session_id else None
             if live is None:
                 continue
             m = sample.measurand
@@ -203,7 +201,7 @@ class SessionTracker:
                 net[key] = net.get(key, 0.0) + sign * sample.value / 1e3
         readings: list[PowerReading] = []
         for (session_id, at), power_kw in sorted(net.items(), key=lambda item: item[0][1]):
-            live = self.live[session_id]
+            live = self._known[session_id]
             if live.power_at is None or at >= live.power_at:
                 live.power_kw, live.power_at = power_kw, at
             readings.append(PowerReading(live.session.evse_id, at, power_kw))
