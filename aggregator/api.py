@@ -91,6 +91,8 @@ class OperatorApi:
             "stations_configured": len(s.config.stations),
             "stations_connected": sorted(s.csms.connected), "dso_links": links,
             "last_plan_at": plans[-1].planned_at.isoformat() if plans else None,
+            "planning": s.controller.planning,
+            "pending_triggers": s.controller.pending_triggers,
             "meter_samples_stored": s.meter.stored})
 
     async def nodes(self, _: web.Request) -> web.Response:

@@ -38,6 +38,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from aggregator.measure import percentile
+
 MODES = ("report", "poll")
 NODE = "bench-node"
 DOMAIN_LIBIEC = "GWEVSE1"
@@ -121,17 +123,6 @@ class Settings:
 
     poll_interval_s: float | None
     integrity_period_s: float | None
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile ``q`` (0..100) of ``values``."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    pos = (len(ordered) - 1) * q / 100.0
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def libiec_missing() -> str | None:

@@ -203,6 +203,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     iec.add_argument("--seed", type=int, default=61850)
     iec.add_argument("--json", action="store_true", help="JSON lines only")
 
+    e2e = benches.add_parser("e2e", help="DSO event at a real OpenADR VTN until every "
+                             "station has accepted its new profile (gridflex serve in its "
+                             "own process), against an operator re-plan as the baseline")
+    e2e.add_argument("--stations", default="100",
+                     help="comma-separated fleet sizes (one run each), e.g. 20,200,2000")
+    e2e.add_argument("--rounds", type=int, default=5, help="rounds of each kind per size")
+    e2e.add_argument("--poll-interval", type=float, default=1.0, metavar="S",
+                     help="the VEN's OpenADR poll interval (>= 1)")
+    e2e.add_argument("--horizon", type=int, default=96, metavar="INTERVALS",
+                     help="planning horizon in 15-minute intervals")
+    e2e.add_argument("--method", default="auto", choices=("auto", "lp", "milp", "decomposed"))
+    e2e.add_argument("--seed", type=int, default=7)
+    e2e.add_argument("--json", action="store_true", help="JSON lines only")
+
     args = parser.parse_args(argv)
     if args.command == "solve":
         return _solve_scenario(args.scenario, args.out, milp=args.milp,
@@ -239,6 +253,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.postgres:
             urls["postgresql"] = args.postgres
         return bench_ledger(urls, n_evses=args.evses, days=args.days, batch=args.batch)
+    if args.command == "bench" and args.bench == "e2e":
+        from aggregator.bench_e2e import bench_e2e
+
+        try:
+            sizes = [int(x) for x in args.stations.split(",") if x.strip()]
+        except ValueError:
+            print(f"error: --stations: comma-separated integers, got {args.stations!r}",
+                  file=sys.stderr)
+            return 2
+        return bench_e2e(sizes, args.rounds, args.json, poll_interval_s=args.poll_interval,
+                         horizon_intervals=args.horizon, method=args.method, seed=args.seed)
     if args.command == "bench" and args.bench == "iec61850":
         from aggregator.bench_iec61850 import bench_iec61850
         if args.samples < 1 or args.poll_interval <= 0 or args.integrity_period <= 0:

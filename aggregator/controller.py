@@ -110,6 +110,7 @@ class Controller:
         self._wake = asyncio.Event()
         self._flagged: set[str] = set()  # EVSEs that already triggered since the last plan
         self._dispatched_at: datetime | None = None
+        self._planning = False
         self._done: list[Callable[[PlanRecord], None]] = []
         self._last_values: dict[tuple[str, str], tuple[tuple[Any, ...], ...]] = {}
         book.subscribe(self._on_book_change)
@@ -119,6 +120,16 @@ class Controller:
         """Ask for a re-plan; requests within the debounce window become one plan."""
         self._pending.append(Trigger(kind, detail, self.clock(), time.monotonic()))
         self._wake.set()
+
+    @property
+    def pending_triggers(self) -> int:
+        """Triggers waiting for the next plan (0 with nothing to do)."""
+        return len(self._pending)
+
+    @property
+    def planning(self) -> bool:
+        """True while a plan is being solved or dispatched."""
+        return self._planning
 
     def on_plan(self, listener: Callable[[PlanRecord], None]) -> None:
         """Call ``listener`` with every finished plan (the demo and the bench time on it)."""
@@ -215,6 +226,13 @@ class Controller:
 
     async def replan(self) -> PlanRecord:
         """One plan from now with every pending trigger, dispatched and journaled."""
+        self._planning = True
+        try:
+            return await self._replan()
+        finally:
+            self._planning = False
+
+    async def _replan(self) -> PlanRecord:
         triggers, self._pending = tuple(self._pending), []
         self._wake.clear()
         if not triggers:

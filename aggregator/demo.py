@@ -28,6 +28,7 @@ from aggregator.clock import ScaledClock
 from aggregator.constraints import SafeDefault
 from aggregator.controller import ControllerSettings, Method
 from aggregator.ledger import Ledger, settle_sessions
+from aggregator.measure import free_port, percentile
 from aggregator.model import Evse, GridNode, GridTree, NodeKind, OcppVersion
 from aggregator.plans import PlanRecord
 from aggregator.scenario import PlanSettings
@@ -132,7 +133,7 @@ async def run_demo(settings: DemoSettings, progress: Callable[[str], None] = pri
              f"{end:%H:%M} UTC at {settings.speed:g}x on 127.0.0.1")
 
     # -- the DSO side -------------------------------------------------------------------
-    vtn = LoopbackVtn(port=_free_port())
+    vtn = LoopbackVtn(port=free_port())
     with contextlib.redirect_stdout(io.StringIO()):  # openleadr prints a banner
         await vtn.start()
     substation = Substation(limit_w=55_000.0)
@@ -332,8 +333,8 @@ def _summarise(settings: DemoSettings, origin: datetime, ended: datetime, tree: 
         "unmet_kwh": round(sum(f.get("unmet_kwh", 0.0) for f in fleet), 3),
         "cap_violations": len(run.violations),
         "plans": run.plans,
-        "event_to_profiles_p50_s": round(_percentile(run.latencies_s, 0.5), 3),
-        "event_to_profiles_p99_s": round(_percentile(run.latencies_s, 0.99), 3),
+        "event_to_profiles_p50_s": round(percentile(run.latencies_s, 50), 3),
+        "event_to_profiles_p99_s": round(percentile(run.latencies_s, 99), 3),
         "event_latency_samples": len(run.latencies_s),
         "flagged_sessions": sum(1 for r in settled if r.resets or r.gaps),
         "meter_samples": ledger.count(),
@@ -397,19 +398,3 @@ def format_summary(summary: dict[str, Any]) -> str:
             ("report", summary["report_png"])]
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]

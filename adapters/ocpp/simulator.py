@@ -173,7 +173,8 @@ class SimStation:
 
     def __init__(self, station_id: str, version: Version, password: str,
                  evses: dict[int, SimEvse], clock: Clock = _utc_now, *, follows: bool = True,
-                 response_timeout_s: float = 10.0) -> None:
+                 response_timeout_s: float = 10.0,
+                 on_accept: Callable[[int, dict[str, Any]], None] | None = None) -> None:
         if version not in SUBPROTOCOLS:
             raise ValueError(f"version: one of {sorted(SUBPROTOCOLS)}, got {version!r}")
         if not evses or min(evses) < 1:
@@ -185,6 +186,7 @@ class SimStation:
         self.clock = clock
         self.follows = follows
         self.response_timeout_s = response_timeout_s
+        self.on_accept = on_accept  # called with (EVSE number, profile) on each accepted one
         self.state = {number: EvseState(evse) for number, evse in self.evses.items()}
         self.received: dict[int, list[dict[str, Any]]] = {}  # accepted, by EVSE (0: station)
         self._profiles: list[_Profile] = []
@@ -486,6 +488,8 @@ class SimStation:
         self._profiles.append(profile)
         self.received.setdefault(number, []).append(raw)
         self._record(now, self._powers(now))
+        if self.on_accept is not None:
+            self.on_accept(number, raw)
         return "Accepted"
 
     def _parse_profile(self, number: int, raw: dict[str, Any]) -> _Profile | None:

@@ -95,9 +95,3 @@ def test_bad_arguments_raise() -> None:
         bench_iec61850(["poll"], 0, True)
     with pytest.raises(ValueError, match="poll_interval_s"):
         bench_iec61850(["poll"], 1, True, poll_interval_s=0.0)
-
-
-def test_percentile() -> None:
-    assert bench.percentile([3.0, 1.0, 2.0], 50) == 2.0
-    assert bench.percentile([1.0, 2.0], 99) == pytest.approx(1.99)
-    assert math.isnan(bench.percentile([], 50))

@@ -278,3 +278,32 @@ def test_a_failed_solve_is_journaled_with_no_objective(tmp_path: Path) -> None:
     (stored,) = [p for p in journaled_plans(ledger) if p.plan_id == "failed"]
     assert stored.status == "error" and stored.objective != stored.objective  # NaN back
     assert failed.to_json()["objective"] is None  # valid JSON for the API
+
+
+def test_the_controller_says_when_it_is_planning_and_what_waits() -> None:
+    controller, _, _, _ = rig()
+    seen: list[tuple[bool, int]] = []
+    release = asyncio.Event()
+
+    async def slow_dispatch(schedule: Schedule) -> list[Answer]:
+        seen.append((controller.planning, controller.pending_triggers))
+        controller.request("operator", "while dispatching")
+        await release.wait()
+        return []
+
+    controller.dispatcher = slow_dispatch
+
+    async def main() -> None:
+        controller.request("operator", "first")
+        assert (controller.planning, controller.pending_triggers) == (False, 1)
+        planning = asyncio.create_task(controller.replan())
+        while not seen:
+            await asyncio.sleep(0.001)
+        assert (controller.planning, controller.pending_triggers) == (True, 1)
+        release.set()
+        plan = await planning
+        assert [t.detail for t in plan.triggers] == ["first"]
+
+    asyncio.run(main())
+    assert seen == [(True, 0)]
+    assert (controller.planning, controller.pending_triggers) == (False, 1)

@@ -128,6 +128,8 @@ def test_dso_event_to_profiles_and_the_operator_api(tmp_path: Path) -> None:
                 health = await (await http.get(f"{base}/health")).json()
                 assert health["stations_connected"] == ["cs-16", "cs-201", "cs-21"]
                 assert health["dso_links"]["openadr"]["up"] is True
+                assert isinstance(health["planning"], bool)
+                assert health["pending_triggers"] >= 0
                 found = await (await http.get(f"{base}/constraints")).json()
                 binding = [c for c in found["constraints"] if c["binding"]
                            and c["node_id"] == "office" and c["direction"] == "import"]
