@@ -93,7 +93,8 @@ class Controller:
                  dispatcher: Dispatcher, *, clock: Clock,
                  settings: ControllerSettings | None = None,
                  plan_settings: PlanSettings | None = None,
-                 journal: Callable[[PlanRecord], object] | None = None) -> None:
+                 journal: Callable[[PlanRecord], object] | None = None,
+                 base_loads: Sequence[NodeLoad] = ()) -> None:
         self.tree = tree
         self.book = book
         self.tracker = tracker
@@ -102,6 +103,7 @@ class Controller:
         self.settings = settings or ControllerSettings()
         self.plan_settings = plan_settings or PlanSettings()
         self.journal = journal
+        self.base_loads = tuple(base_loads)  # non-EV load forecast of nodes (kW)
         self.plans: list[PlanRecord] = []
         self.schedule: Schedule | None = None
         self.unruly: dict[str, str] = {}  # EVSE id -> why it is planned as uncontrolled
@@ -286,6 +288,15 @@ class Controller:
         return plan
 
     # -- planning ----------------------------------------------------------------------
+    def planned_node_kw(self, node_id: str, start: datetime, end: datetime) -> float:
+        """The current plan's mean EV load below ``node_id`` over a window; 0 before the
+        first plan (the VEN's baseline for relative LOAD_DISPATCH signals)."""
+        if self.schedule is None:
+            return 0.0
+        load = self.schedule.node_load_kw(self.tree, node_id)
+        window = load[(load.index >= start) & (load.index < end)]
+        return float(window.mean()) if len(window) else 0.0
+
     def scenario_at(self, now: datetime) -> Scenario:
         """What to plan from the interval holding ``now``: running sessions with their
         measured SoC, uncontrolled EVSEs as fixed load, the book's limits and prices."""
@@ -296,6 +307,7 @@ class Controller:
         plugged = {x.evse_id for x in sessions}
         loads = [NodeLoad(self._evses[e].node_id, start, end, self._evses[e].max_import_kw)
                  for e in sorted(self.unruly) if e in plugged]
+        loads += [load for load in self.base_loads if load.start < end and load.end > start]
         kept = [x for x in sessions if x.evse_id not in self.unruly]
         scenario = Scenario(name="live", start=start, interval=s.interval,
                             n_intervals=s.horizon_intervals, tree=self.tree,

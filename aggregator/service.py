@@ -127,12 +127,7 @@ class Service:
     def planned_node_kw(self, node_id: str, start: datetime, end: datetime) -> float:
         """The current plan's mean EV load below ``node_id`` over a window (the VEN's
         baseline for relative LOAD_DISPATCH signals); 0 before the first plan."""
-        schedule = self.controller.schedule
-        if schedule is None:
-            return 0.0
-        load = schedule.node_load_kw(self.config.tree, node_id)
-        window = load[(load.index >= start) & (load.index < end)]
-        return float(window.mean()) if len(window) else 0.0
+        return self.controller.planned_node_kw(node_id, start, end)
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:

@@ -164,6 +164,32 @@ class _Limit:
     mode: str | None = None  # 2.1 operationMode as sent
 
 
+def charging_needs(ev: SimEv, evse: SimEvse, version: Version) -> dict[str, Any]:
+    """What ``ev`` at ``evse`` says in NotifyEVChargingNeeds (snake_case ``charging_needs``,
+    as ``csms.ev_needs`` reads it): V2X parameters on 2.1 V2G, AC parameters otherwise."""
+    needs: dict[str, Any] = {"departure_time": _iso(ev.departure)}
+    if version == "2.1" and ev.max_discharge_kw > 0 and evse.max_export_kw > 0:
+        target_soc = min(1.0, ev.soc + ev.requested_kwh / ev.battery_capacity_kwh)
+        needs.update(requested_energy_transfer="AC_BPT", v2x_charging_parameters={
+            "max_charge_power": ev.max_charge_kw * 1000.0,
+            "max_discharge_power": ev.max_discharge_kw * 1000.0,
+            "ev_target_energy_request": round(ev.requested_kwh * 1000.0, 1),
+            # gridflex reads this as the energy to keep in the battery (the V2G floor)
+            "ev_min_v2x_energy_request": round(
+                ev.min_soc * ev.battery_capacity_kwh * 1000.0, 1),
+            "target_soc": round(target_soc * 100.0)})
+    else:
+        needs.update(
+            requested_energy_transfer="AC_three_phase" if evse.phases == 3
+            else "AC_single_phase",
+            ac_charging_parameters={  # integers: 2.0.1's schema says so
+                "energy_amount": round(ev.requested_kwh * 1000.0), "ev_min_current": 6,
+                "ev_max_current": math.floor(ev.max_charge_kw * 1000.0
+                                             / (evse.phases * evse.voltage_v)),
+                "ev_max_voltage": round(evse.voltage_v)})
+    return needs
+
+
 class SimStation:
     """A simulated charging station speaking OCPP ``version`` to a CSMS.
 
@@ -300,29 +326,8 @@ class SimStation:
 
     def _needs(self, state: EvseState) -> dict[str, Any]:
         """NotifyEVChargingNeeds ``charging_needs`` (snake_case) as csms.ev_needs reads it."""
-        ev, evse = state.ev, state.evse
-        assert ev is not None
-        needs: dict[str, Any] = {"departure_time": _iso(ev.departure)}
-        if self.version == "2.1" and ev.max_discharge_kw > 0 and evse.max_export_kw > 0:
-            target_soc = min(1.0, ev.soc + ev.requested_kwh / ev.battery_capacity_kwh)
-            needs.update(requested_energy_transfer="AC_BPT", v2x_charging_parameters={
-                "max_charge_power": ev.max_charge_kw * 1000.0,
-                "max_discharge_power": ev.max_discharge_kw * 1000.0,
-                "ev_target_energy_request": round(ev.requested_kwh * 1000.0, 1),
-                # gridflex reads this as the energy to keep in the battery (the V2G floor)
-                "ev_min_v2x_energy_request": round(
-                    ev.min_soc * ev.battery_capacity_kwh * 1000.0, 1),
-                "target_soc": round(target_soc * 100.0)})
-        else:
-            needs.update(
-                requested_energy_transfer="AC_three_phase" if evse.phases == 3
-                else "AC_single_phase",
-                ac_charging_parameters={  # integers: 2.0.1's schema says so
-                    "energy_amount": round(ev.requested_kwh * 1000.0), "ev_min_current": 6,
-                    "ev_max_current": math.floor(ev.max_charge_kw * 1000.0
-                                                 / (evse.phases * evse.voltage_v)),
-                    "ev_max_voltage": round(evse.voltage_v)})
-        return needs
+        assert state.ev is not None
+        return charging_needs(state.ev, state.evse, self.version)
 
     async def step(self) -> None:
         """Integrate energy up to ``clock()`` and report every running transaction's
