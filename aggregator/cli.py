@@ -97,6 +97,37 @@ def _live_demo(out: Path, speed: float, hours: float, *, as_json: bool) -> int:
     return 0 if summary["cap_violations"] == 0 else 1
 
 
+def _replay(path: Path, strategy: str, step_minutes: int, horizon: int, out_dir: Path, *,
+            as_json: bool) -> int:
+    """Replay a scenario file; KPIs on stdout, the tables as Parquet in ``out_dir``."""
+    from datetime import timedelta
+
+    from aggregator.replay import ReplayScenario, ReplaySettings, replay
+    from aggregator.scenario_file import ScenarioError, load_scenario
+
+    try:
+        scenario = load_scenario(path)
+    except ScenarioError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        settings = ReplaySettings(step=timedelta(minutes=step_minutes), horizon_intervals=horizon,
+                                  strategy=strategy)  # type: ignore[arg-type]
+        result = replay(ReplayScenario(scenario, settings))
+    except (ValueError, ModelError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    written = result.write(out_dir)
+    if as_json:
+        print(json.dumps(result.kpis))
+    else:
+        width = max(len(k) for k in result.kpis)
+        for key, value in result.kpis.items():
+            print(f"{key:<{width}}  {value}")
+        print(f"tables: {', '.join(str(p) for p in written)}")
+    return 0 if result.kpis["cap_violations"] == 0 else 1
+
+
 def _serve(path: Path, log_level: str) -> int:
     """Run the service until SIGTERM or SIGINT, then stop cleanly (no sample lost)."""
     import asyncio
@@ -163,6 +194,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     settle_cmd.add_argument("--max-gap", type=float, default=900.0, metavar="S",
                             help="longer steps between readings are flagged as gaps")
 
+    replay_cmd = commands.add_parser(
+        "replay", help="replay a scenario through the live controller on a simulated clock")
+    replay_cmd.add_argument("scenario", type=Path)
+    replay_cmd.add_argument("--strategy", default="lp",
+                            choices=("uncontrolled", "lp", "milp"),
+                            help="uncontrolled: every EV at full power, no control")
+    replay_cmd.add_argument("--step-minutes", type=int, default=5,
+                            help="station and meter step; must divide the interval")
+    replay_cmd.add_argument("--horizon", type=int, default=32, metavar="INTERVALS",
+                            help="the controller's look-ahead")
+    replay_cmd.add_argument("--out", type=Path, default=Path("out/replay"),
+                            help="directory for the Parquet tables")
+    replay_cmd.add_argument("--json", action="store_true", help="print the KPIs as JSON")
+
     serve_cmd = commands.add_parser("serve", help="run the aggregator service")
     serve_cmd.add_argument("--config", type=Path, required=True, metavar="FILE",
                            help="service configuration (TOML); see scenarios/service.example.toml")
@@ -228,6 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _live_demo(args.out, args.speed, args.hours, as_json=args.json)
     if args.command == "settle":
         return _settle(args, parser)
+    if args.command == "replay":
+        return _replay(args.scenario, args.strategy, args.step_minutes, args.horizon, args.out,
+                       as_json=args.json)
     if args.command == "serve":
         return _serve(args.config, args.log_level)
     if args.command == "bench" and args.bench == "optimizer":

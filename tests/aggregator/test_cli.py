@@ -141,3 +141,28 @@ def test_solve_milp_respects_the_minimum_power(tmp_path: Path, shipped_scenario:
     milp_power = evse_power(milp_out)
     assert below_minimum(milp_power, shipped_scenario) == 0
     assert (milp_power.abs() > 1e-6).to_numpy().any()  # it does charge
+
+
+def test_replay_prints_the_kpis_and_writes_the_tables(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", str(SHIPPED_SCENARIO), "--out", str(tmp_path), "--json"]) == 0
+    kpis = json.loads(capsys.readouterr().out)
+    assert kpis["strategy"] == "lp" and kpis["cap_violations"] == 0
+    assert kpis["energy_delivered_pct"] > 90
+    stored = pd.read_parquet(tmp_path / "kpis.parquet").iloc[0]
+    assert stored["energy_delivered_kwh"] == kpis["energy_delivered_kwh"]
+    assert len(pd.read_parquet(tmp_path / "sessions.parquet")) == kpis["sessions"]
+
+
+def test_replay_uncontrolled_breaks_caps_and_says_so_by_exit_code(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", str(SHIPPED_SCENARIO), "--strategy", "uncontrolled", "--out",
+                 str(tmp_path), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["cap_violations"] > 0
+
+
+def test_replay_refuses_a_step_that_does_not_divide_the_interval(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", str(SHIPPED_SCENARIO), "--step-minutes", "7", "--out",
+                 str(tmp_path)]) == 2
+    assert "step" in capsys.readouterr().err
