@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.clock import floor_to
+from aggregator.controller import METHODS
 from aggregator.measure import free_port, percentile
 
 BENCH = "e2e"
@@ -74,8 +75,8 @@ class E2eSettings:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
         if self.poll_interval_s < 1.0:
             raise ValueError("poll_interval_s must be >= 1 (the VEN's minimum)")
-        if self.method not in ("auto", "lp", "milp", "decomposed"):
-            raise ValueError(f"method: auto, lp, milp or decomposed, got {self.method!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method: one of {', '.join(METHODS)}, got {self.method!r}")
 
 
 @dataclass(frozen=True)

@@ -198,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "replay", help="replay a scenario through the live controller on a simulated clock")
     replay_cmd.add_argument("scenario", type=Path)
     replay_cmd.add_argument("--strategy", default="lp",
-                            choices=("uncontrolled", "lp", "milp"),
+                            choices=("uncontrolled", "edf", "llf", "round_robin", "lp", "milp"),
                             help="uncontrolled: every EV at full power, no control")
     replay_cmd.add_argument("--step-minutes", type=int, default=5,
                             help="station and meter step; must divide the interval")
@@ -258,7 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="the VEN's OpenADR poll interval (>= 1)")
     e2e.add_argument("--horizon", type=int, default=96, metavar="INTERVALS",
                      help="planning horizon in 15-minute intervals")
-    e2e.add_argument("--method", default="auto", choices=("auto", "lp", "milp", "decomposed"))
+    e2e.add_argument("--method", default="auto",
+                     choices=("auto", "lp", "milp", "decomposed", "edf", "llf", "round_robin"))
     e2e.add_argument("--seed", type=int, default=7)
     e2e.add_argument("--json", action="store_true", help="JSON lines only")
 

@@ -37,7 +37,8 @@ from optimizer import solve
 
 log = logging.getLogger("gridflex.controller")
 
-Method = Literal["auto", "lp", "milp", "decomposed"]
+Method = Literal["auto", "lp", "milp", "decomposed", "edf", "llf", "round_robin"]
+METHODS: tuple[str, ...] = ("auto", "lp", "milp", "decomposed", "edf", "llf", "round_robin")
 
 
 class Answer(Protocol):

@@ -21,7 +21,7 @@ from adapters.ocpp.csms import StationConfig
 from adapters.openadr.config import VenConfig
 from aggregator.config_fields import FieldReader
 from aggregator.constraints import SafeDefault
-from aggregator.controller import ControllerSettings
+from aggregator.controller import METHODS, ControllerSettings
 from aggregator.model import Evse, GridNode, GridTree, ModelError, OcppVersion
 from aggregator.scenario import PlanSettings
 from aggregator.sessions import SessionDefaults
@@ -210,8 +210,8 @@ def _controller(raw: Mapping[str, Any]) -> ControllerSettings:
     _fields.no_unknown(raw, {"interval_s", "horizon_intervals", "debounce_s", "period_s",
                              "deviation_kw", "overstay_s", "method", "time_limit_s"}, w)
     method = raw.get("method", "auto")
-    if method not in ("auto", "lp", "milp", "decomposed"):
-        raise ServiceConfigError(f"{w}.method", "one of auto, lp, milp, decomposed")
+    if method not in METHODS:
+        raise ServiceConfigError(f"{w}.method", f"one of {', '.join(METHODS)}")
     return ControllerSettings(
         interval=timedelta(seconds=_fields.integer(raw, "interval_s", w, 900, minimum=1)),
         horizon_intervals=_fields.integer(raw, "horizon_intervals", w, 96, minimum=1,
