@@ -185,7 +185,7 @@ class Controller:
             if reading.at <= since or reading.evse_id in self._flagged \
                     or reading.evse_id not in schedule.power_kw.columns:
                 continue
-            planned = _planned_kw(schedule, reading.evse_id, reading.at)
+            planned = planned_kw(schedule, reading.evse_id, reading.at)
             if planned is None:
                 continue
             if 0.0 < planned < self._evses[reading.evse_id].min_power_kw:
@@ -331,7 +331,8 @@ class Controller:
             float(solution.objective)
 
 
-def _planned_kw(schedule: Schedule, evse_id: str, at: datetime) -> float | None:
+def planned_kw(schedule: Schedule, evse_id: str, at: datetime) -> float | None:
+    """The plan's kW for ``evse_id`` in the interval holding ``at``; None outside it."""
     index = schedule.intervals
     position = int(index.searchsorted(pd.Timestamp(at), side="right")) - 1
     if position < 0 or at >= index[-1] + schedule.interval:

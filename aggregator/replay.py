@@ -17,7 +17,6 @@ import asyncio
 import logging
 import math
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -30,7 +29,7 @@ import pandas as pd
 from adapters.ocpp.csms import StationEvent, ev_needs
 from adapters.ocpp.simulator import SimEv, SimEvse, Version, charging_needs
 from aggregator.constraints import ConstraintBook, SafeDefault
-from aggregator.controller import Controller, ControllerSettings
+from aggregator.controller import Controller, ControllerSettings, planned_kw
 from aggregator.dispatch import Delivery
 from aggregator.model import (
     Evse,
@@ -157,7 +156,6 @@ class _Stations:
         self.faults = faults
         self.clock = clock
         self.schedule: Schedule | None = None
-        self.answers: list[tuple[datetime, str, str]] = []
 
     def fault(self, kind: str, evse_id: str, at: datetime) -> bool:
         return any(f.kind == kind and f.target == evse_id and f.active(at) for f in self.faults)
@@ -211,8 +209,7 @@ async def replay_async(run: ReplayScenario) -> ReplayResult:
     with tempfile.TemporaryDirectory(prefix="gridflex-replay-") as scratch:
         if feeds is not None:
             feeds.start(book, clock, Path(scratch), controller)
-        return await _loop(run, clock, book, controller, stations, tracker, evses, controlled,
-                           feeds)
+        return await _loop(run, clock, book, controller, stations, evses, controlled, feeds)
 
 
 def _method(strategy: str) -> Any:
@@ -220,8 +217,8 @@ def _method(strategy: str) -> Any:
 
 
 async def _loop(run: ReplayScenario, clock: _Clock, book: ConstraintBook,
-                controller: Controller, stations: _Stations, tracker: SessionTracker,
-                evses: dict[str, Evse], controlled: bool, feeds: Any) -> ReplayResult:
+                controller: Controller, stations: _Stations, evses: dict[str, Evse],
+                controlled: bool, feeds: Any) -> ReplayResult:
     scenario, settings = run.scenario, run.settings
     tree = scenario.tree
     step = settings.step
@@ -347,11 +344,9 @@ def _limit_kw(ev: _Ev, stations: _Stations, controlled: bool, at: datetime) -> f
     schedule = stations.schedule
     if evse_id not in schedule.power_kw.columns:
         return 0.0
-    index = schedule.intervals
-    position = int(index.searchsorted(pd.Timestamp(at), side="right")) - 1
-    if position < 0 or position >= len(index):
+    planned = planned_kw(schedule, evse_id, at)
+    if planned is None:
         return 0.0  # past the plan's horizon: the profile has ended
-    planned = float(schedule.power_kw[evse_id].iloc[position])
     if 0.0 < planned < ev.evse.min_power_kw:
         return 0.0
     return planned
@@ -500,13 +495,6 @@ def _dso_windows(nodes: pd.DataFrame) -> list[tuple[str, datetime, datetime]]:
         if start is not None:
             found.append((str(node), start, pd.Timestamp(caps.index[-1]).to_pydatetime()))
     return found
-
-
-def run_timed(run: ReplayScenario) -> tuple[ReplayResult, float]:
-    """``replay`` and its wall time (s)."""
-    began = time.perf_counter()
-    result = replay(run)
-    return result, time.perf_counter() - began
 
 
 def with_strategy(run: ReplayScenario, strategy: Strategy) -> ReplayScenario:
