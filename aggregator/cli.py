@@ -97,23 +97,31 @@ def _live_demo(out: Path, speed: float, hours: float, *, as_json: bool) -> int:
     return 0 if summary["cap_violations"] == 0 else 1
 
 
-def _replay(path: Path, strategy: str, step_minutes: int, horizon: int, out_dir: Path, *,
-            as_json: bool) -> int:
-    """Replay a scenario file; KPIs on stdout, the tables as Parquet in ``out_dir``."""
+def _replay(path: Path, strategy: str | None, step_minutes: int | None, horizon: int | None,
+            out_dir: Path, *, as_json: bool) -> int:
+    """Replay a scenario file (its ``replay:`` section, overridden by the options given);
+    KPIs on stdout, the tables as Parquet in ``out_dir``."""
+    from dataclasses import replace
     from datetime import timedelta
 
-    from aggregator.replay import ReplayScenario, ReplaySettings, replay
-    from aggregator.scenario_file import ScenarioError, load_scenario
+    from aggregator.replay import replay
+    from aggregator.replay_file import load_replay
+    from aggregator.scenario_file import ScenarioError
 
     try:
-        scenario = load_scenario(path)
+        run = load_replay(path)
     except ScenarioError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    settings = run.settings
+    if strategy is not None:
+        settings = replace(settings, strategy=strategy)  # type: ignore[arg-type]
+    if step_minutes is not None:
+        settings = replace(settings, step=timedelta(minutes=step_minutes))
+    if horizon is not None:
+        settings = replace(settings, horizon_intervals=horizon)
     try:
-        settings = ReplaySettings(step=timedelta(minutes=step_minutes), horizon_intervals=horizon,
-                                  strategy=strategy)  # type: ignore[arg-type]
-        result = replay(ReplayScenario(scenario, settings))
+        result = replay(replace(run, settings=settings))
     except (ValueError, ModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -197,13 +205,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay_cmd = commands.add_parser(
         "replay", help="replay a scenario through the live controller on a simulated clock")
     replay_cmd.add_argument("scenario", type=Path)
-    replay_cmd.add_argument("--strategy", default="lp",
+    replay_cmd.add_argument("--strategy", default=None,
                             choices=("uncontrolled", "edf", "llf", "round_robin", "lp", "milp"),
-                            help="uncontrolled: every EV at full power, no control")
-    replay_cmd.add_argument("--step-minutes", type=int, default=5,
-                            help="station and meter step; must divide the interval")
-    replay_cmd.add_argument("--horizon", type=int, default=32, metavar="INTERVALS",
-                            help="the controller's look-ahead")
+                            help="uncontrolled: every EV at full power, no control "
+                                 "(default: the file's replay.strategy, else lp)")
+    replay_cmd.add_argument("--step-minutes", type=int, default=None,
+                            help="station and meter step; must divide the interval "
+                                 "(default: replay.step_minutes, else 5)")
+    replay_cmd.add_argument("--horizon", type=int, default=None, metavar="INTERVALS",
+                            help="the controller's look-ahead (default: "
+                                 "replay.horizon_intervals, else 32)")
     replay_cmd.add_argument("--out", type=Path, default=Path("out/replay"),
                             help="directory for the Parquet tables")
     replay_cmd.add_argument("--json", action="store_true", help="print the KPIs as JSON")

@@ -57,7 +57,8 @@ from aggregator.yaml_fields import (
     too_large,
 )
 
-__all__ = ["DOCUMENT", "MAX_FILE_BYTES", "ScenarioError", "load_scenario", "parse_scenario"]
+__all__ = ["DOCUMENT", "MAX_FILE_BYTES", "REPLAY_KEYS", "ScenarioError", "load_scenario",
+           "parse_scenario", "read_text", "scenario_document"]
 
 _MAX_PRIORITY = 1_000_000_000
 
@@ -83,6 +84,11 @@ class ScenarioError(ValueError):
 
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate the YAML or JSON scenario file at ``path`` (UTF-8, at most 20 MiB)."""
+    return parse_scenario(read_text(path), str(path))
+
+
+def read_text(path: str | Path) -> str:
+    """The text of a scenario file (UTF-8, a BOM allowed, at most 20 MiB) or ScenarioError."""
     source = str(path)
     try:
         with open(path, "rb") as handle:
@@ -95,19 +101,18 @@ def load_scenario(path: str | Path) -> Scenario:
     if len(data) > MAX_FILE_BYTES:
         raise ScenarioError(source, DOCUMENT, None, too_large())
     try:
-        text = data.decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
         raise ScenarioError(source, DOCUMENT, line,
                             f"the file is not UTF-8 text (bad byte at offset {err.start})"
                             ) from None
-    return parse_scenario(text, source)
 
 
 def parse_scenario(text: str, source: str = "<string>") -> Scenario:
     """Validate scenario ``text`` (YAML or JSON); ``source`` names it in error messages."""
     try:
-        return _parse(text)
+        return scenario_document(text)[0]
     except FieldError as bad:
         raise ScenarioError(source, bad.path, bad.line, bad.reason) from None
 
@@ -138,8 +143,11 @@ def _enum_value(kind: type[_E], text: str, node: Node, path: str) -> _E:
 
 # --- the sections ---------------------------------------------------------------------------
 
+REPLAY_KEYS = ("replay", "dso", "faults", "safe_defaults")
+"""Top-level sections only a replay reads (``aggregator.replay_file``); ``load_scenario``
+accepts them without reading them."""
 _TOP_KEYS = ("name", "description", "start", "interval_minutes", "intervals", "settings",
-             "nodes", "evses", "sessions", "constraints", "prices", "loads")
+             "nodes", "evses", "sessions", "constraints", "prices", "loads", *REPLAY_KEYS)
 _NODE_KEYS = ("id", "kind", "parent", "name", "import_max_kw", "export_max_kw")
 _EVSE_KEYS = ("id", "node", "max_import_kw", "max_export_kw", "phases", "voltage_v",
               "min_current_a", "v2g", "ocpp")
@@ -170,7 +178,9 @@ class _Horizon:
     end: datetime
 
 
-def _parse(text: str) -> Scenario:
+def scenario_document(text: str) -> tuple[Scenario, Fields]:
+    """The scenario of ``text`` and its top-level fields (for the replay sections), or
+    ``FieldError``."""
     root = Fields(compose(text), "", _TOP_KEYS)
     name = root.required("name", to_name)
     description = root.optional("description", to_str, "")
@@ -208,7 +218,7 @@ def _parse(text: str) -> Scenario:
 
     try:
         tree = GridTree(tuple(node for node, _ in nodes), tuple(evse for evse, _ in evses))
-        return Scenario(
+        scenario = Scenario(
             name=name, start=start, interval=interval, n_intervals=n_intervals, tree=tree,
             sessions=tuple(session for session, _ in sessions),
             constraints=(*ratings, *(constraint for constraint, _ in constraints)),
@@ -216,6 +226,7 @@ def _parse(text: str) -> Scenario:
             settings=settings, description=description)
     except ModelError as err:
         raise _locate(err, root, nodes, evses, sessions, constraints, loads) from None
+    return scenario, root
 
 
 def _parse_settings(node: Node | None) -> PlanSettings:

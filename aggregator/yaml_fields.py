@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
-from typing import TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import yaml
 from yaml.constructor import SafeConstructor
@@ -225,13 +225,14 @@ def is_null(node: Node) -> bool:
 # --- mappings and lists ---------------------------------------------------------------------
 
 class Fields:
-    """One YAML mapping checked for duplicate, unknown and non-string keys.
+    """One YAML mapping checked for duplicate, unknown (unless ``allowed`` is None) and
+    non-string keys.
 
     Values stay nodes until read through :meth:`required` / :meth:`optional`, so every
     error can name the key's dotted path and line.
     """
 
-    def __init__(self, node: Node, path: str, allowed: Sequence[str]) -> None:
+    def __init__(self, node: Node, path: str, allowed: Sequence[str] | None) -> None:
         self.path = path
         if not isinstance(node, MappingNode):
             raise FieldError(path or DOCUMENT, node_line(node),
@@ -251,7 +252,7 @@ class Fields:
             if key in self.values:
                 raise FieldError(self.sub(key), node_line(key_node),
                                  f"duplicate key {key!r} (first at line {key_lines[key]})")
-            if key not in allowed:
+            if allowed is not None and key not in allowed:
                 raise FieldError(self.sub(key), node_line(key_node),
                                  f"unknown key {key[:60]!r} (allowed: {', '.join(allowed)})")
             self.values[key] = value_node
@@ -308,3 +309,76 @@ def build(fields: Fields, keys: Mapping[str, str], make: Callable[[], _T]) -> _T
         key = keys.get(err.field, err.field)
         raise FieldError(fields.sub(key), fields.line_of(key), model_reason(err)) from None
 
+
+
+# --- free-form subtrees (handed to an adapter's own config or message reader) --------------
+
+_ISO_DURATION = re.compile(
+    r"P(?:(?P<days>\d+)D)?(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?"
+    r"(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?\Z")
+
+
+def to_duration(node: Node, path: str) -> timedelta:
+    """An ISO-8601 duration as OpenADR writes it (``PT2H``, ``PT15M``, ``P1DT30S``)."""
+    text = to_str(node, path)
+    match = _ISO_DURATION.match(text)
+    if match is None or text in ("P", "PT") or text.endswith("T"):
+        raise FieldError(path, node_line(node), f"{text[:40]!r} is not an ISO-8601 duration "
+                                                "(e.g. PT2H, PT15M, P1DT30S)")
+    parts = {k: float(v) for k, v in match.groupdict().items() if v is not None}
+    try:
+        return timedelta(**parts)
+    except OverflowError:
+        raise FieldError(path, node_line(node), f"duration {text[:40]!r} is too long") from None
+
+
+def plain(node: Node, path: str, *, times: frozenset[str] = frozenset(),
+          durations: frozenset[str] = frozenset()) -> Any:
+    """A subtree as plain data (dicts, lists, str, int, float, bool, None) for a reader
+    that checks it itself; values under a key in ``times`` become UTC datetimes and under
+    a key in ``durations`` timedeltas, each checked here with its path and line."""
+    if isinstance(node, MappingNode):
+        out: dict[str, Any] = {}
+        fields = Fields(node, path, None)  # any key: its reader checks
+        for key, value in fields.values.items():
+            sub = fields.sub(key)
+            if key in times and not is_null(value):
+                out[key] = to_datetime(value, sub)
+            elif key in durations and not is_null(value):
+                out[key] = to_duration(value, sub)
+            else:
+                out[key] = plain(value, sub, times=times, durations=durations)
+        return out
+    if isinstance(node, SequenceNode):
+        return [plain(entry, sub, times=times, durations=durations)
+                for sub, entry in items(node, path)]
+    if is_null(node):
+        return None
+    assert isinstance(node, ScalarNode)
+    if node.tag == TAG_INT:
+        return _yaml_int(node, path)
+    if node.tag == TAG_FLOAT:
+        return to_float(node, path)
+    if node.tag == _BOOL:
+        return to_bool(node, path)
+    if node.tag in (TAG_STR, _TIMESTAMP):
+        return str(node.value)
+    raise FieldError(path, node_line(node), f"unsupported value {describe(node)}")
+
+
+def locate(node: Node, path: str) -> int:
+    """The line of the deepest node along dotted ``path`` (``a.b[2].c``) under ``node``."""
+    current = node
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        if isinstance(current, MappingNode) and not part.startswith("["):
+            found = next((v for k, v in current.value
+                          if isinstance(k, ScalarNode) and str(k.value) == part), None)
+        elif isinstance(current, SequenceNode) and part.startswith("["):
+            index = int(part[1:-1])
+            found = current.value[index] if index < len(current.value) else None
+        else:
+            found = None
+        if found is None:
+            break
+        current = found
+    return node_line(current)

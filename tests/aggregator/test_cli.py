@@ -166,3 +166,19 @@ def test_replay_refuses_a_step_that_does_not_divide_the_interval(
     assert main(["replay", str(SHIPPED_SCENARIO), "--step-minutes", "7", "--out",
                  str(tmp_path)]) == 2
     assert "step" in capsys.readouterr().err
+
+
+def test_replay_reads_the_files_replay_section_and_the_options_override_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    scenario = tmp_path / "office.yaml"
+    scenario.write_text(SHIPPED_SCENARIO.read_text()
+                        + "\nreplay: {strategy: uncontrolled, step_minutes: 15}\n")
+    assert main(["replay", str(scenario), "--out", str(tmp_path / "a"), "--json"]) == 1
+    kpis = json.loads(capsys.readouterr().out)
+    assert kpis["strategy"] == "uncontrolled" and kpis["cap_violations"] > 0
+    assert main(["replay", str(scenario), "--strategy", "edf", "--out", str(tmp_path / "b"),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["strategy"] == "edf"
+    scenario.write_text(SHIPPED_SCENARIO.read_text() + "\nreplay: {strategy: greedy}\n")
+    assert main(["replay", str(scenario), "--out", str(tmp_path / "c")]) == 2
+    assert "replay.strategy: unknown value 'greedy'" in capsys.readouterr().err
