@@ -10,14 +10,15 @@ of its energy wish by the horizon's end.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
 
-from aggregator.model import GridConstraint, ModelError, Schedule, Session
-from aggregator.scenario import Scenario
+from aggregator.model import GridConstraint, ModelError, PriceSignal, Schedule, Session
+from aggregator.scenario import PlanSettings, Scenario
 from optimizer.problem import FlexProblem, FloatArray
 from optimizer.solution import Solution
 from optimizer.verdict import binding_caps
@@ -45,6 +46,33 @@ def _interval_span(start: datetime, end: datetime, origin: datetime, step: timed
     else:
         first, last = math.floor(lo + 1e-9), math.ceil(hi - 1e-9)
     return max(0, min(first, n_intervals)), max(0, min(last, n_intervals))
+
+
+def interval_prices(prices: Sequence[PriceSignal], settings: PlanSettings, origin: datetime,
+                    step: timedelta, n_intervals: int) -> tuple[FloatArray, FloatArray]:
+    """Import and export price per interval (currency/kWh): the time-weighted mean of the
+    signals over each interval, the settings' defaults where no signal applies.  The
+    planner prices with it and a replay costs its metered energy with it."""
+    import_price = np.full(n_intervals, settings.default_import_price_per_kwh)
+    export_price = np.full(n_intervals, settings.default_export_price_per_kwh)
+    covered = np.zeros(n_intervals)
+    sums_imp, sums_exp = np.zeros(n_intervals), np.zeros(n_intervals)
+    for price in prices:
+        first, last = _interval_span(price.start, price.end, origin, step, n_intervals,
+                                     inside=False)
+        for t in range(first, last):
+            t0 = origin + t * step
+            weight = (min(price.end, t0 + step) - max(price.start, t0)) / step
+            covered[t] += weight
+            sums_imp[t] += weight * price.import_price_per_kwh
+            sums_exp[t] += weight * price.export_price_per_kwh
+    priced = covered > 0
+    gap = np.clip(1.0 - covered, 0.0, None)
+    import_price[priced] = (sums_imp[priced] + gap[priced] * import_price[priced]) / (
+        covered[priced] + gap[priced])
+    export_price[priced] = (sums_exp[priced] + gap[priced] * export_price[priced]) / (
+        covered[priced] + gap[priced])
+    return import_price, export_price
 
 
 def build_problem(scenario: Scenario) -> tuple[FlexProblem, PlanIndex]:
@@ -104,24 +132,8 @@ def build_problem(scenario: Scenario) -> tuple[FlexProblem, PlanIndex]:
             overlap = min(load.end, t0 + step) - max(load.start, t0)
             base_load[node_pos[load.node_id], t] += load.load_kw * (overlap / step)
 
-    import_price = np.full(n_t, scenario.settings.default_import_price_per_kwh)
-    export_price = np.full(n_t, scenario.settings.default_export_price_per_kwh)
-    covered = np.zeros(n_t)
-    sums_imp, sums_exp = np.zeros(n_t), np.zeros(n_t)
-    for price in scenario.prices:
-        first, last = _interval_span(price.start, price.end, origin, step, n_t, inside=False)
-        for t in range(first, last):
-            t0 = origin + t * step
-            weight = (min(price.end, t0 + step) - max(price.start, t0)) / step
-            covered[t] += weight
-            sums_imp[t] += weight * price.import_price_per_kwh
-            sums_exp[t] += weight * price.export_price_per_kwh
-    priced = covered > 0
-    gap = np.clip(1.0 - covered, 0.0, None)
-    import_price[priced] = (sums_imp[priced] + gap[priced] * import_price[priced]) / (
-        covered[priced] + gap[priced])
-    export_price[priced] = (sums_exp[priced] + gap[priced] * export_price[priced]) / (
-        covered[priced] + gap[priced])
+    import_price, export_price = interval_prices(scenario.prices, scenario.settings, origin,
+                                                 step, n_t)
 
     horizon_end = scenario.end
     sessions = tuple(s for s in scenario.sessions

@@ -6,7 +6,10 @@ adapters' translation code (the VEN's event handling, the IEEE 2030.5 event engi
 IEC 61850 schedule resolution) are the ones ``gridflex serve`` runs.  Only the clock, the
 stations and the EVs are simulated: each step the stations apply the dispatched plan
 (the minimum current, the EV's limits and battery as a real station would), meter it, and
-the readings go back to the controller.  Faults (a DSO link lost, a station offline, a
+the readings go back to the controller and into a ledger (SQLite, per run) whose
+settlement, the one ``gridflex settle`` runs, gives the settled energy per session.  Energy
+is costed at the prices in force each step (the scenario's and those the DSO sent), with
+the planner's pricing rule.  Faults (a DSO link lost, a station offline, a
 meter gap, profiles rejected) act where they would live.  A run is deterministic: the
 same scenario and seed give the same KPIs.
 """
@@ -31,6 +34,7 @@ from adapters.ocpp.simulator import SimEv, SimEvse, Version, charging_needs
 from aggregator.constraints import ConstraintBook, SafeDefault
 from aggregator.controller import Controller, ControllerSettings, planned_kw
 from aggregator.dispatch import Delivery
+from aggregator.ledger import Ledger, SessionEnergy, settle_sessions
 from aggregator.model import (
     Evse,
     Measurand,
@@ -39,6 +43,7 @@ from aggregator.model import (
     Schedule,
     Session,
 )
+from aggregator.planning import interval_prices
 from aggregator.scenario import Scenario
 from aggregator.sessions import SessionDefaults, SessionTracker
 
@@ -109,8 +114,8 @@ class ReplayResult:
 
     kpis: dict[str, Any]
     nodes: pd.DataFrame  # step x node: load_kw, import_cap_kw, export_cap_kw
-    evses: pd.DataFrame  # step x EVSE: power_kw, soc
-    sessions: pd.DataFrame  # one row per session
+    evses: pd.DataFrame  # step x EVSE: power_kw, soc, price_per_kwh
+    sessions: pd.DataFrame  # one row per session, plant and settled energy
     plans: pd.DataFrame  # one row per plan
 
     def write(self, out_dir: Path) -> list[Path]:
@@ -209,7 +214,13 @@ async def replay_async(run: ReplayScenario) -> ReplayResult:
     with tempfile.TemporaryDirectory(prefix="gridflex-replay-") as scratch:
         if feeds is not None:
             feeds.start(book, clock, Path(scratch), controller)
-        return await _loop(run, clock, book, controller, stations, evses, controlled, feeds)
+        ledger = Ledger(f"sqlite:///{Path(scratch) / 'ledger.db'}")
+        ledger.migrate()
+        try:
+            return await _loop(run, clock, book, controller, stations, evses, controlled,
+                               feeds, ledger)
+        finally:
+            ledger.engine.dispose()
 
 
 def _method(strategy: str) -> Any:
@@ -218,7 +229,7 @@ def _method(strategy: str) -> Any:
 
 async def _loop(run: ReplayScenario, clock: _Clock, book: ConstraintBook,
                 controller: Controller, stations: _Stations, evses: dict[str, Evse],
-                controlled: bool, feeds: Any) -> ReplayResult:
+                controlled: bool, feeds: Any, ledger: Ledger) -> ReplayResult:
     scenario, settings = run.scenario, run.settings
     tree = scenario.tree
     step = settings.step
@@ -236,6 +247,7 @@ async def _loop(run: ReplayScenario, clock: _Clock, book: ConstraintBook,
              for n in node_ids}
     violations = 0
     unruly: set[str] = set()  # EVSEs the controller saw not following, at any time
+    metered: list[MeterSample] = []  # what the stations send, for the ledger
     t = scenario.start
     while t < scenario.end:
         clock.now = t
@@ -258,6 +270,7 @@ async def _loop(run: ReplayScenario, clock: _Clock, book: ConstraintBook,
         for ev in [ev for ev in plugged.values() if ev.session.departure <= t]:
             del plugged[ev.evse.evse_id]
             done.append(ev)
+            metered.extend(_readings(ev, t))  # the final reading with the transaction's end
             controller.on_station_event(StationEvent("ended", ev.evse.evse_id, 1,
                                                      f"tx-{ev.session.session_id}", t))
         while waiting and waiting[0].arrival <= t:
@@ -286,6 +299,8 @@ async def _loop(run: ReplayScenario, clock: _Clock, book: ConstraintBook,
             unruly.update(controller.unruly)
         # -- the stations and EVs over one step ----------------------------------------------
         samples: list[MeterSample] = []
+        imp_price, exp_price = (float(p[0]) for p in interval_prices(
+            book.prices(t, t + step), scenario.settings, t, step, 1))
         for evse_id, ev in plugged.items():
             ev.power_kw = _power_kw(ev, _limit_kw(ev, stations, controlled, t), step_h)
             if not stations.fault("meter_gap", evse_id, t):
@@ -293,6 +308,7 @@ async def _loop(run: ReplayScenario, clock: _Clock, book: ConstraintBook,
             _integrate(ev, step_h)
         if samples:
             controller.on_samples(samples)
+            metered.extend(samples)
         load = {e: (plugged[e].power_kw if e in plugged else 0.0) for e in evses}
         for node in node_ids:
             base = sum(x.load_kw for x in scenario.loads if x.start <= t < x.end
@@ -308,10 +324,16 @@ async def _loop(run: ReplayScenario, clock: _Clock, book: ConstraintBook,
         for evse_id, ev in plugged.items():
             evse_rows.append({"at": t, "evse": evse_id, "session": ev.session.session_id,
                               "power_kw": ev.power_kw,
-                              "soc": ev.energy_kwh / ev.session.battery_capacity_kwh})
+                              "soc": ev.energy_kwh / ev.session.battery_capacity_kwh,
+                              "price_per_kwh": imp_price if ev.power_kw >= 0 else exp_price})
         t += step
+    for ev in plugged.values():
+        metered.extend(_readings(ev, t))  # the run ends: the stations' last readings
     done.extend(plugged.values())
-    return _result(run, done, node_rows, evse_rows, controller, violations, unruly)
+    ledger.add_samples(metered)
+    settled = {(s.evse_id, s.transaction_id): s for s in settle_sessions(
+        ledger, scenario.start, t + step, max_gap_s=2 * step.total_seconds())}
+    return _result(run, done, node_rows, evse_rows, controller, violations, unruly, settled)
 
 
 def _plug(session: Session, evse: Evse) -> _Ev:
@@ -394,14 +416,21 @@ def _readings(ev: _Ev, at: datetime) -> list[MeterSample]:
 
 def _result(run: ReplayScenario, evs: Sequence[_Ev], node_rows: list[dict[str, Any]],
             evse_rows: list[dict[str, Any]], controller: Controller,
-            violations: int, unruly: set[str]) -> ReplayResult:
+            violations: int, unruly: set[str],
+            settled: dict[tuple[str | None, str | None], SessionEnergy]) -> ReplayResult:
     scenario, settings = run.scenario, run.settings
     nodes = pd.DataFrame(node_rows)
-    evse_frame = pd.DataFrame(evse_rows, columns=["at", "evse", "session", "power_kw", "soc"])
+    evse_frame = pd.DataFrame(evse_rows, columns=["at", "evse", "session", "power_kw", "soc",
+                                                  "price_per_kwh"])
     step_h = settings.step.total_seconds() / 3600.0
-    prices = _prices(run, evse_frame)
-    cost = float((prices * evse_frame["power_kw"].to_numpy() * step_h).sum()) \
-        if len(evse_frame) else 0.0
+    cost = float((evse_frame["price_per_kwh"] * evse_frame["power_kw"]).sum() * step_h)
+
+    def settlement(ev: _Ev) -> dict[str, Any]:
+        found = settled.get((ev.evse.evse_id, f"tx-{ev.session.session_id}"))
+        return {"settled_import_kwh": found.imported_kwh if found else 0.0,
+                "settled_export_kwh": found.exported_kwh if found else 0.0,
+                "meter_gaps": found.gaps if found else 0}
+
     sessions = pd.DataFrame([{
         "session": ev.session.session_id, "evse": ev.evse.evse_id,
         "arrival": ev.session.arrival, "departure": ev.session.departure,
@@ -410,9 +439,11 @@ def _result(run: ReplayScenario, evs: Sequence[_Ev], node_rows: list[dict[str, A
                              - ev.session.soc_initial * ev.session.battery_capacity_kwh),
         "unmet_kwh": max(0.0, ev.target_kwh - ev.energy_kwh),
         "imported_kwh": ev.import_kwh, "exported_kwh": ev.export_kwh,
-        "soc_end": ev.energy_kwh / ev.session.battery_capacity_kwh} for ev in evs],
+        "soc_end": ev.energy_kwh / ev.session.battery_capacity_kwh, **settlement(ev)}
+        for ev in evs],
         columns=["session", "evse", "arrival", "departure", "requested_kwh", "delivered_kwh",
-                 "unmet_kwh", "imported_kwh", "exported_kwh", "soc_end"])
+                 "unmet_kwh", "imported_kwh", "exported_kwh", "soc_end", "settled_import_kwh",
+                 "settled_export_kwh", "meter_gaps"])
     plans = pd.DataFrame([{
         "planned_at": p.planned_at, "status": p.status, "fallback": p.fallback,
         "solve_s": p.solve_s, "sessions": p.sessions,
@@ -429,6 +460,9 @@ def _result(run: ReplayScenario, evs: Sequence[_Ev], node_rows: list[dict[str, A
         "unmet_kwh": round(float(sessions["unmet_kwh"].sum()), 3),
         "imported_kwh": round(float(sessions["imported_kwh"].sum()), 3),
         "discharged_kwh": round(float(sessions["exported_kwh"].sum()), 3),
+        "settled_import_kwh": round(float(sessions["settled_import_kwh"].sum()), 3),
+        "settled_export_kwh": round(float(sessions["settled_export_kwh"].sum()), 3),
+        "meter_gaps": int(sessions["meter_gaps"].sum()),
         "cost": round(cost, 3), "cap_violations": int(violations),
         "plans": len(plans), "fallback_plans": int((plans["fallback"] != "").sum()),
         "solve_p50_s": round(float(plans["solve_s"].median()), 4) if len(plans) else 0.0,
@@ -438,20 +472,6 @@ def _result(run: ReplayScenario, evs: Sequence[_Ev], node_rows: list[dict[str, A
     }
     kpis.update(_dr_delivered(run, nodes))
     return ReplayResult(kpis, nodes, evse_frame, sessions, plans)
-
-
-def _prices(run: ReplayScenario, evse_frame: pd.DataFrame) -> np.ndarray[Any, Any]:
-    """Per EVSE row: the import price (export price when discharging) in force then."""
-    s = run.scenario.settings
-    out = np.empty(len(evse_frame))
-    for i, (at, power) in enumerate(zip(evse_frame["at"], evse_frame["power_kw"],
-                                        strict=True)):
-        signal = next((p for p in reversed(run.scenario.prices) if p.start <= at < p.end), None)
-        if power >= 0:
-            out[i] = signal.import_price_per_kwh if signal else s.default_import_price_per_kwh
-        else:
-            out[i] = signal.export_price_per_kwh if signal else s.default_export_price_per_kwh
-    return out
 
 
 def _dr_delivered(run: ReplayScenario, nodes: pd.DataFrame) -> dict[str, float]:

@@ -278,3 +278,60 @@ def test_fuzzed_replay_files_are_read_or_refused_cleanly(mutation: tuple[list[st
         parse_replay(text, "fuzz.yaml")
     except ScenarioError as err:
         assert err.path and err.reason
+
+
+PRICE_EVENT = """\
+replay: {strategy: lp}
+dso:
+  openadr:
+    ven:
+      default_nodes: [site]
+      programs: {"oadr://dso/price": {mandatory: true}}
+    events:
+      - at: 2026-11-21T04:00:00Z
+        event:
+          event_descriptor: {event_id: p1, modification_number: 0,
+                             market_context: "oadr://dso/price", event_status: far}
+          active_period: {dtstart: 2026-11-21T04:00:00Z, duration: PT4H}
+          event_signals:
+            - signal_name: ELECTRICITY_PRICE
+              signal_type: price
+              signal_id: p0
+              intervals:
+                - {dtstart: 2026-11-21T04:00:00Z, duration: PT2H, signal_payload: 0.05, uid: 0}
+                - {dtstart: 2026-11-21T06:00:00Z, duration: PT2H, signal_payload: 0.90, uid: 1}
+          targets: [{ven_id: ven-1}]
+"""
+
+
+def test_dso_sent_prices_are_planned_for_and_costed() -> None:
+    """An OpenADR price event (cheap first, dear later): the LP charges in the cheap hours
+    and the replay's cost uses the prices the DSO sent, not the scenario's default."""
+    result = replay(parse_replay(BASE + PRICE_EVENT))
+    evses = result.evses.set_index("at")
+    cheap = evses[evses.index < T0 + timedelta(hours=2)]
+    dear = evses[evses.index >= T0 + timedelta(hours=2)]
+    assert set(cheap["price_per_kwh"][cheap["power_kw"] > 0]) == {0.05}
+    assert cheap["power_kw"].clip(lower=0).sum() > dear["power_kw"].clip(lower=0).sum()
+    step_h = 5 / 60
+    assert result.kpis["cost"] == pytest.approx(
+        float((evses["power_kw"] * evses["price_per_kwh"]).sum() * step_h), abs=1e-3)
+    # at the scenario's default import price (0.25) the same energy would cost more
+    assert result.kpis["cost"] < 0.25 * result.kpis["imported_kwh"]
+
+
+def test_settlement_comes_from_the_ledger_and_agrees_with_the_plant() -> None:
+    """Every metered reading goes through the ledger; settled energy per session equals the
+    plant's to the register resolution (1 Wh), and the meter gap is flagged, not filled."""
+    result = replay(parse_replay(BASE + OPENADR))
+    sessions = result.sessions.set_index("session")
+    for name in ("s1", "s2", "s3"):
+        row = sessions.loc[name]
+        assert row["settled_import_kwh"] == pytest.approx(row["imported_kwh"], abs=0.0011)
+        assert row["settled_export_kwh"] == pytest.approx(row["exported_kwh"], abs=0.0011)
+    # the faults' 30-minute meter gap on e2, flagged in both registers (import and export)
+    assert sessions.loc["s2", "meter_gaps"] == 2
+    assert sessions.loc["s1", "meter_gaps"] == 0
+    assert result.kpis["meter_gaps"] == 2
+    assert result.kpis["settled_export_kwh"] == pytest.approx(
+        result.kpis["discharged_kwh"], abs=0.0011 * 3)
