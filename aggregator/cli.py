@@ -274,6 +274,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     e2e.add_argument("--seed", type=int, default=7)
     e2e.add_argument("--json", action="store_true", help="JSON lines only")
 
+    quality = benches.add_parser("quality", help="ACN-Sim's algorithms vs gridflex's LP and "
+                                                 "MILP on the same sessions and limits")
+    quality.add_argument("--sessions", type=int, default=60)
+    quality.add_argument("--evses", type=int, default=None,
+                         help="EVSEs (default: one per session)")
+    quality.add_argument("--seed", type=int, default=0)
+    quality.add_argument("--json", action="store_true", help="JSON lines only")
+
     args = parser.parse_args(argv)
     if args.command == "solve":
         return _solve_scenario(args.scenario, args.out, milp=args.milp,
@@ -332,6 +340,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench_iec61850(modes, args.samples, args.json,
                               poll_interval_s=args.poll_interval,
                               integrity_period_s=args.integrity_period, seed=args.seed)
+    if args.command == "bench" and args.bench == "quality":
+        from aggregator.bench_quality import bench_quality
+        if args.sessions < 1 or (args.evses is not None and args.evses < 1):
+            parser.error("--sessions and --evses must be >= 1")
+        return bench_quality(args.sessions, args.seed, json_only=args.json, evses=args.evses)
     parser.error("unknown command")
     return 2
 

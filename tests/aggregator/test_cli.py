@@ -182,3 +182,16 @@ def test_replay_reads_the_files_replay_section_and_the_options_override_it(
     scenario.write_text(SHIPPED_SCENARIO.read_text() + "\nreplay: {strategy: greedy}\n")
     assert main(["replay", str(scenario), "--out", str(tmp_path / "c")]) == 2
     assert "replay.strategy: unknown value 'greedy'" in capsys.readouterr().err
+
+
+def test_bench_quality_prints_one_json_line_per_algorithm(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "quality", "--sessions", "12", "--seed", "2", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    algorithms = {row["algorithm"] for row in rows if "algorithm" in row and "check" not in row}
+    assert {"acn-uncontrolled", "acn-edf", "acn-llf", "acn-round_robin", "acn-adaptive",
+            "gridflex-lp", "gridflex-milp"} <= algorithms
+    lp = next(row for row in rows if row.get("algorithm") == "gridflex-lp")
+    assert {"energy_delivered_pct", "cost", "peak_kw", "cost_ratio_to_baseline"} <= set(lp)
+    check = next(row for row in rows if row.get("check") == "lp_vs_best_acn")
+    assert check["ok"] is True
