@@ -33,6 +33,7 @@ from aggregator.model import (
     Session,
 )
 from aggregator.scenario import PlanSettings, Scenario
+from aggregator.session_generator import SessionGenerator, generate_sessions
 from aggregator.yaml_fields import (
     DOCUMENT,
     MAX_FILE_BYTES,
@@ -147,7 +148,8 @@ REPLAY_KEYS = ("replay", "dso", "faults", "safe_defaults")
 """Top-level sections only a replay reads (``aggregator.replay_file``); ``load_scenario``
 accepts them without reading them."""
 _TOP_KEYS = ("name", "description", "start", "interval_minutes", "intervals", "settings",
-             "nodes", "evses", "sessions", "constraints", "prices", "loads", *REPLAY_KEYS)
+             "nodes", "evses", "sessions", "generator", "constraints", "prices", "loads",
+             *REPLAY_KEYS)
 _NODE_KEYS = ("id", "kind", "parent", "name", "import_max_kw", "export_max_kw")
 _EVSE_KEYS = ("id", "node", "max_import_kw", "max_export_kw", "phases", "voltage_v",
               "min_current_a", "v2g", "ocpp")
@@ -209,6 +211,8 @@ def scenario_document(text: str) -> tuple[Scenario, Fields]:
              for path, entry in items(root.required("evses", keep_node), "evses", required=True)]
     sessions = [_parse_session(entry, path)
                 for path, entry in items(root.values.get("sessions"), "sessions")]
+    generated = _generate(root.values.get("generator"), [e for e, _ in evses],
+                          [s for s, _ in sessions], horizon)
     constraints = [_parse_constraint(entry, path, horizon)
                    for path, entry in items(root.values.get("constraints"), "constraints")]
     prices = [_parse_price(entry, path)
@@ -220,7 +224,7 @@ def scenario_document(text: str) -> tuple[Scenario, Fields]:
         tree = GridTree(tuple(node for node, _ in nodes), tuple(evse for evse, _ in evses))
         scenario = Scenario(
             name=name, start=start, interval=interval, n_intervals=n_intervals, tree=tree,
-            sessions=tuple(session for session, _ in sessions),
+            sessions=(*(session for session, _ in sessions), *generated),
             constraints=(*ratings, *(constraint for constraint, _ in constraints)),
             prices=tuple(prices), loads=tuple(load for load, _ in loads),
             settings=settings, description=description)
@@ -236,6 +240,48 @@ def _parse_settings(node: Node | None) -> PlanSettings:
     fields = Fields(node, "settings", names)
     values = {name: fields.required(name, to_float) for name in names if name in fields.values}
     return build(fields, {}, lambda: PlanSettings(**values))
+
+
+def _generate(node: Node | None, evses: Sequence[Evse], listed: Sequence[Session],
+              horizon: _Horizon) -> tuple[Session, ...]:
+    """Sessions drawn by a seeded ``SessionGenerator`` over the horizon, on the EVSEs it
+    names (default: every EVSE without a listed session), ids ``g-0000``, ``g-0001``..."""
+    if node is None:
+        return ()
+    names = tuple(item.name for item in dataclass_fields(SessionGenerator))
+    fields = Fields(node, "generator", (*names, "evses"))
+    values: dict[str, Any] = {}
+    for name in names:
+        if name in fields.values:
+            convert = int_in(0, 2**32 - 1) if name in ("count", "seed") else to_float
+            values[name] = fields.required(name, convert)
+    if "count" not in values:
+        raise FieldError("generator.count", fields.line, "missing required key 'count'")
+    generator = build(fields, {}, lambda: SessionGenerator(**values))
+    by_id = {evse.evse_id: evse for evse in evses}
+    busy = {session.evse_id for session in listed}
+    if "evses" in fields.values:
+        pool = []
+        for path, entry in items(fields.values["evses"], "generator.evses"):
+            evse_id = to_str(entry, path)
+            if evse_id not in by_id:
+                raise FieldError(path, node_line(entry), f"unknown EVSE {evse_id[:60]!r}")
+            if evse_id in busy:
+                raise FieldError(path, node_line(entry), f"EVSE {evse_id!r} has listed "
+                                 "sessions; the generator only fills EVSEs without any")
+            pool.append(by_id[evse_id])
+    else:
+        pool = [evse for evse in evses if evse.evse_id not in busy]
+    if not pool and generator.count:
+        raise FieldError("generator.evses", fields.line_of("evses"),
+                         "no EVSE to place sessions on (every EVSE has listed sessions)")
+    sessions = generate_sessions(generator, pool, horizon.start, horizon.end)
+    taken = {session.session_id for session in listed}
+    clash = next((s.session_id for s in sessions if s.session_id in taken), None)
+    if clash is not None:
+        raise FieldError("generator", fields.line,
+                         f"generated session id {clash!r} is also a listed session's id")
+    return sessions
 
 
 def _parse_node(node: Node, path: str,

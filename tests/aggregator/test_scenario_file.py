@@ -526,3 +526,51 @@ def test_fuzz_mutated_shipped_scenario(data: st.DataObject) -> None:
         counts = (len(outcome.tree.nodes), len(outcome.tree.evses), len(outcome.sessions),
                   len(outcome.prices))
         assert counts == SHIPPED_COUNTS
+
+
+GENERATED = """\
+name: generated
+start: 2026-11-20T07:00:00Z
+intervals: 48
+nodes: [{id: site, kind: site, import_max_kw: 50}]
+evses:
+  - {id: e1, node: site, max_import_kw: 11}
+  - {id: e2, node: site, max_import_kw: 11}
+  - {id: e3, node: site, max_import_kw: 11}
+sessions:
+  - {id: s1, evse: e1, arrival: 2026-11-20T08:00:00Z, departure: 2026-11-20T12:00:00Z,
+     battery_kwh: 60, soc: 0.3, energy_kwh: 10, max_charge_kw: 11}
+generator: {count: 6, seed: 4, arrival_mean_h: 1.5, dwell_median_h: 3}
+"""
+
+
+def test_a_seeded_generator_adds_sessions_on_the_free_evses() -> None:
+    scenario = parse_scenario(GENERATED)
+    drawn = [s for s in scenario.sessions if s.session_id.startswith("g-")]
+    assert drawn and {s.evse_id for s in drawn} <= {"e2", "e3"}  # e1 has a listed session
+    assert all(scenario.start <= s.arrival < s.departure <= scenario.end for s in drawn)
+    assert parse_scenario(GENERATED).sessions == scenario.sessions  # the seed fixes them
+    other = parse_scenario(GENERATED.replace("seed: 4", "seed: 5"))
+    assert other.sessions != scenario.sessions
+
+
+@pytest.mark.parametrize(("old", "new", "path", "reason"), [
+    ("count: 6, ", "", "generator.count", "missing required key 'count'"),
+    ("count: 6", "count: -6", "generator.count", "must be an integer in 0.."),
+    ("dwell_median_h: 3", "dwell_median_h: 0", "generator.dwell_median_h", "must be"),
+    ("seed: 4", "speed: 4", "generator.speed", "unknown key"),
+])
+def test_a_bad_generator_names_its_field(old: str, new: str, path: str, reason: str) -> None:
+    with pytest.raises(ScenarioError) as caught:
+        parse_scenario(GENERATED.replace(old, new))
+    assert caught.value.path == path
+    assert reason in caught.value.reason
+    assert caught.value.line == 12  # the generator's line
+
+
+def test_a_generator_pool_must_name_free_evses() -> None:
+    with pytest.raises(ScenarioError) as caught:
+        parse_scenario(GENERATED.replace("dwell_median_h: 3}", "dwell_median_h: 3,\n"
+                                         "            evses: [e2, e1]}"))
+    assert caught.value.path == "generator.evses[1]"
+    assert "has listed sessions" in caught.value.reason
