@@ -21,6 +21,7 @@ import logging
 import math
 import tempfile
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -181,8 +182,14 @@ class _Stations:
 
 
 def replay(run: ReplayScenario) -> ReplayResult:
-    """Replay ``run`` (blocking); see the module docstring."""
-    return asyncio.run(replay_async(run))
+    """Replay ``run`` (blocking); see the module docstring.  Under a running event loop (a
+    Jupyter kernel) the replay runs on its own loop in a worker thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(replay_async(run))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gridflex-replay") as pool:
+        return pool.submit(asyncio.run, replay_async(run)).result()
 
 
 async def replay_async(run: ReplayScenario) -> ReplayResult:

@@ -1,45 +1,29 @@
-"""The solve_scenario notebook runs top to bottom with injected parameters."""
+"""The solve_scenario notebook runs top to bottom (papermill) with injected parameters."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
-import matplotlib
+import pytest
 
-matplotlib.use("Agg")
+from tests.notebooks.papermill_run import execute
 
 ROOT = Path(__file__).resolve().parents[2]
+OFFICE = str(ROOT / "scenarios" / "office-evening-cap.yaml")
+
+pytestmark = pytest.mark.slow  # a kernel per notebook run
 
 
-def run_notebook(path: Path, **parameters: Any) -> dict[str, Any]:
-    """Execute the code cells in order, replacing the `parameters` cell (papermill-style)."""
-    notebook = json.loads(path.read_text())
-    namespace: dict[str, Any] = {}
-    for cell in notebook["cells"]:
-        if cell["cell_type"] != "code":
-            continue
-        source = "".join(cell["source"])
-        exec(compile(source, f"{path.name}:{cell['id']}", "exec"), namespace)
-        if "parameters" in cell["metadata"].get("tags", []):
-            namespace.update(parameters)
-    return namespace
-
-
-def test_notebook_plans_the_shipped_scenario_within_its_caps() -> None:
-    result = run_notebook(ROOT / "notebooks" / "solve_scenario.ipynb",
-                          scenario_path=str(ROOT / "scenarios" / "office-evening-cap.yaml"))
+def test_notebook_plans_the_shipped_scenario_within_its_caps(tmp_path: Path) -> None:
+    result = execute("solve_scenario", tmp_path, scenario_path=OFFICE)
     summary = result["summary"]
     assert summary["status"] == "optimal"
     assert summary["cap_violations"] == 0
-    peaks = result["peak_by_node"]
-    assert peaks["feeder-1"] <= 250.0 + 1e-6  # the feeder's static rating in the file
+    assert result["peak_by_node"]["feeder-1"] <= 250.0 + 1e-6  # the feeder's static rating
 
 
-def test_notebook_runs_the_milp() -> None:
-    result = run_notebook(ROOT / "notebooks" / "solve_scenario.ipynb",
-                          scenario_path=str(ROOT / "scenarios" / "office-evening-cap.yaml"),
-                          method="milp")
+def test_notebook_runs_the_milp(tmp_path: Path) -> None:
+    result = execute("solve_scenario", tmp_path, scenario_path=OFFICE, method="milp")
     assert result["summary"]["cap_violations"] == 0
-    assert result["solution"].stats["method"] == "fix"
+    assert result["method"] == "fix"
+    assert (tmp_path / "node_load_soc.png").stat().st_size > 0
