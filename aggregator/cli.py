@@ -219,6 +219,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                             help="directory for the Parquet tables")
     replay_cmd.add_argument("--json", action="store_true", help="print the KPIs as JSON")
 
+    sweep_cmd = commands.add_parser(
+        "sweep", help="replay a scenario under every combination of parameter values, on Dask")
+    sweep_cmd.add_argument("scenario", type=Path)
+    sweep_cmd.add_argument("--param", action="append", default=[], required=True,
+                           metavar="NAME=v1,v2",
+                           help="a dotted path into the scenario file (replay.strategy, "
+                                "settings.unmet_penalty_per_kwh, nodes[0].import_max_kw) and "
+                                "its values; repeat for a cartesian product")
+    sweep_cmd.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                           help="a running Dask scheduler (default: a LocalCluster)")
+    sweep_cmd.add_argument("--workers", type=int, default=2,
+                           help="LocalCluster worker processes")
+    sweep_cmd.add_argument("--serial", action="store_true",
+                           help="no Dask: replay the variants one after another here")
+    sweep_cmd.add_argument("--out", type=Path, default=Path("out/sweep"),
+                           help="directory for sweep.parquet")
+    sweep_cmd.add_argument("--json", action="store_true",
+                           help="one JSON line per variant (parameters and KPIs)")
+
     serve_cmd = commands.add_parser("serve", help="run the aggregator service")
     serve_cmd.add_argument("--config", type=Path, required=True, metavar="FILE",
                            help="service configuration (TOML); see scenarios/service.example.toml")
@@ -296,6 +315,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "replay":
         return _replay(args.scenario, args.strategy, args.step_minutes, args.horizon, args.out,
                        as_json=args.json)
+    if args.command == "sweep":
+        from aggregator.sweep import sweep_main
+        return sweep_main(args.scenario, args.param, scheduler=args.scheduler,
+                          workers=args.workers, serial=args.serial, out_dir=args.out,
+                          as_json=args.json)
     if args.command == "serve":
         return _serve(args.config, args.log_level)
     if args.command == "bench" and args.bench == "optimizer":

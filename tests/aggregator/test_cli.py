@@ -195,3 +195,17 @@ def test_bench_quality_prints_one_json_line_per_algorithm(
     assert {"energy_delivered_pct", "cost", "peak_kw", "cost_ratio_to_baseline"} <= set(lp)
     check = next(row for row in rows if row.get("check") == "lp_vs_best_acn")
     assert check["ok"] is True
+
+
+def test_sweep_replays_every_combination_and_names_a_bad_parameter(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sweep", str(SHIPPED_SCENARIO), "--param", "replay.strategy=edf,lp",
+                 "--param", "replay.step_minutes=15", "--serial", "--json",
+                 "--out", str(tmp_path)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["strategy"] for row in rows] == ["edf", "lp"]
+    assert all(row["cap_violations"] == 0 for row in rows)
+    assert len(pd.read_parquet(tmp_path / "sweep.parquet")) == 2
+    assert main(["sweep", str(SHIPPED_SCENARIO), "--param", "replay.strategy=edf,greedy",
+                 "--serial", "--out", str(tmp_path)]) == 2
+    assert "replay.strategy" in capsys.readouterr().err
