@@ -10,6 +10,12 @@ force until it expires; where that leaves a node of the source without a limit, 
 configured safe default for the node applies.  A source starts *down*: until its first
 successful contact the safe default holds.  Every change is journaled with its reason, and
 ``why`` names the constraints behind the limit in force on a node.
+
+Prices and demand charges travel the same way as limits: published per source and scope
+(``publish_prices`` / ``publish_demand_charges``), replaced by the next publication,
+dropped by ``withdraw`` together with the scope's limits, and handed to planning by
+``context_for``.  Both are journaled as ``ChangeKind.PRICES``: a change of what energy or
+peak power costs, which the controller re-plans on.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from enum import StrEnum
 from typing import Literal, Protocol, TypeVar
 
 from aggregator.model import (
+    DemandCharge,
     GridConstraint,
     ModelError,
     PriceSignal,
@@ -53,6 +60,10 @@ class ConstraintSink(Protocol):
     def publish_prices(self, source: str, scope: str, prices: Sequence[PriceSignal],
                        at: datetime) -> None:
         """Replace the prices ``source`` gave under ``scope`` (withdraw drops them too)."""
+
+    def publish_demand_charges(self, source: str, scope: str,
+                               charges: Sequence[DemandCharge], at: datetime) -> None:
+        """Replace the demand charges ``source`` gave under ``scope`` (withdraw drops them)."""
 
     def link_up(self, source: str, at: datetime) -> None:
         """Report a successful contact with the source's server."""
@@ -135,6 +146,8 @@ class ConstraintBook:
     defaults: Sequence[SafeDefault] = ()
     _scopes: dict[tuple[str, str], tuple[GridConstraint, ...]] = field(default_factory=dict)
     _prices: dict[tuple[str, str], tuple[PriceSignal, ...]] = field(default_factory=dict)
+    _demand_charges: dict[tuple[str, str], tuple[DemandCharge, ...]] = field(
+        default_factory=dict)
     _links: dict[str, _Link] = field(default_factory=dict)
     _journal: list[BookChange] = field(default_factory=list)
     _listeners: list[Callable[[BookChange], None]] = field(default_factory=list)
@@ -181,11 +194,28 @@ class ConstraintBook:
         self._record(BookChange(ChangeKind.PRICES, source, scope, at,
                                 f"{len(items)} price interval(s)"))
 
+    def publish_demand_charges(self, source: str, scope: str,
+                               charges: Sequence[DemandCharge], at: datetime) -> None:
+        at, items = _checked(source, scope, at, charges, DemandCharge, "demand_charges")
+        for item in items:
+            if item.source != source:
+                raise ModelError("demand_charges", f"demand charge {item.source_ref!r} has "
+                                 f"source {item.source!r}, published as {source!r}")
+        if self._demand_charges.get((source, scope), ()) == items:
+            return
+        if items:
+            self._demand_charges[(source, scope)] = items
+        else:
+            del self._demand_charges[(source, scope)]
+        self._record(BookChange(ChangeKind.PRICES, source, scope, at,
+                                f"{len(items)} demand charge(s)"))
+
     def withdraw(self, source: str, scope: str, at: datetime, reason: str) -> None:
         at = require_utc(at, "at")
         had_limits = self._scopes.pop((source, scope), None) is not None
         had_prices = self._prices.pop((source, scope), None) is not None
-        if had_limits or had_prices:
+        had_charges = self._demand_charges.pop((source, scope), None) is not None
+        if had_limits or had_prices or had_charges:
             self._record(BookChange(ChangeKind.WITHDRAWN, source, scope, at, reason))
 
     def link_up(self, source: str, at: datetime) -> None:
@@ -239,6 +269,11 @@ class ConstraintBook:
         return [p for items in self._prices.values() for p in items
                 if p.start < end and p.end > start]
 
+    def demand_charges(self, start: datetime, end: datetime) -> list[DemandCharge]:
+        """The demand charges whose window overlaps ``[start, end)``."""
+        return [c for items in self._demand_charges.values() for c in items
+                if c.touches(start, end)]
+
     def active(self, start: datetime, end: datetime) -> list[GridConstraint]:
         """The constraints in force at some moment of ``[start, end)``, safe defaults included."""
         start = require_utc(start, "start")
@@ -275,21 +310,29 @@ class ConstraintBook:
                         export_max_kw=limit if direction == "export" else None)
 
     def context_for(self, scenario: Scenario) -> Scenario:
-        """``scenario`` with the book's limits and prices over its horizon added to its own.
+        """``scenario`` with the book's limits, prices and demand charges over its horizon
+        added to its own.
 
-        Limits on nodes the scenario's tree does not hold cannot be planned for: they are
-        left out with a warning naming them.
+        Limits and demand charges on nodes the scenario's tree does not hold cannot be
+        planned for: they are left out with a warning naming them.
         """
         tree = scenario.tree
         found = self.active(scenario.start, scenario.end)
         unknown = sorted({c.node_id for c in found if not tree.can_constrain(c.node_id)})
         if unknown:
             log.warning("constraint book: limits on unknown nodes %s are not planned", unknown)
+        charges = self.demand_charges(scenario.start, scenario.end)
+        elsewhere = sorted({c.node_id for c in charges if not tree.has_node(c.node_id)})
+        if elsewhere:
+            log.warning("constraint book: demand charges on unknown nodes %s are not planned",
+                        elsewhere)
         return dataclasses.replace(
             scenario,
             constraints=scenario.constraints + tuple(c for c in found
                                                      if tree.can_constrain(c.node_id)),
-            prices=scenario.prices + tuple(self.prices(scenario.start, scenario.end)))
+            prices=scenario.prices + tuple(self.prices(scenario.start, scenario.end)),
+            demand_charges=scenario.demand_charges + tuple(
+                c for c in charges if tree.has_node(c.node_id)))
 
     def limit_kw(self, node_id: str, direction: Direction, at: datetime) -> float | None:
         """The most restrictive cap in force on ``node_id`` at ``at`` (None: no limit)."""

@@ -28,7 +28,15 @@ from aggregator.audit import cap_violations
 from aggregator.clock import Clock, floor_to
 from aggregator.constraints import BookChange, ChangeKind, ConstraintBook
 from aggregator.horizon import roll_forward
-from aggregator.model import Evse, GridTree, MeterSample, ModelError, NodeLoad, Schedule
+from aggregator.model import (
+    DemandCharge,
+    Evse,
+    GridTree,
+    MeterSample,
+    ModelError,
+    NodeLoad,
+    Schedule,
+)
 from aggregator.planning import build_problem, to_schedule
 from aggregator.plans import PlanRecord, StationAnswer, Trigger
 from aggregator.scenario import PlanSettings, Scenario
@@ -60,6 +68,8 @@ class Answer(Protocol):
 
 Dispatcher = Callable[[Schedule], Awaitable[Sequence[Answer]]]
 UNREACHABLE = ("NotConnected", "NotMapped")
+RAN_KEPT = timedelta(days=40)
+"""How long the load each node ran at is kept for demand charges (a monthly peak fits)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +126,9 @@ class Controller:
         self._planning = False
         self._done: list[Callable[[PlanRecord], None]] = []
         self._last_values: dict[tuple[str, str], tuple[tuple[Any, ...], ...]] = {}
+        # node -> interval start -> planned net import (kW) of the plan that ran it: the
+        # peaks demand charges have already reached
+        self._ran: dict[str, dict[datetime, float]] = {}
         book.subscribe(self._on_book_change)
 
     # -- triggers ----------------------------------------------------------------------
@@ -318,7 +331,41 @@ class Controller:
         planned = {x.session_id for x in kept}
         scenario = roll_forward(scenario, max(now, start),
                                 {k: v for k, v in soc.items() if k in planned})
-        return self.book.context_for(scenario)
+        scenario = self.book.context_for(scenario)
+        if not scenario.demand_charges:
+            return scenario
+        self._record_ran(start, scenario.demand_charges)
+        return replace(scenario, demand_charges=tuple(
+            replace(c, peak_reached_kw=self._reached_kw(c, start))
+            for c in scenario.demand_charges))
+
+    def _record_ran(self, until: datetime, charges: Sequence[DemandCharge]) -> None:
+        """Keep the net import the plan in force gave each charged node in the intervals
+        before ``until`` (EV plan plus base-load forecast; stations stay under their
+        profiles, so this bounds what was metered)."""
+        schedule = self.schedule
+        if schedule is None:
+            return
+        done = schedule.power_kw.index[schedule.power_kw.index < until]
+        if not len(done):
+            return
+        for node_id in {c.node_id for c in charges}:
+            load = schedule.node_load_kw(self.tree, node_id)
+            ran = self._ran.setdefault(node_id, {})
+            for at in done:
+                moment = at.to_pydatetime()
+                ran[moment] = float(load[at]) + sum(
+                    x.load_kw for x in self.base_loads if x.start <= moment < x.end and (
+                        x.node_id == node_id or node_id in self.tree.ancestors(x.node_id)))
+            oldest = until - RAN_KEPT
+            for moment in [m for m in ran if m < oldest]:
+                del ran[moment]
+
+    def _reached_kw(self, charge: DemandCharge, before: datetime) -> float:
+        """The highest net import the charge's node ran at in its window before ``before``."""
+        ran = self._ran.get(charge.node_id, {})
+        seen = [kw for at, kw in ran.items() if charge.start <= at < min(charge.end, before)]
+        return max(0.0, charge.peak_reached_kw, *seen)
 
     def _solve(self, scenario: Scenario) -> tuple[Schedule, str, float]:
         problem, index = build_problem(scenario)

@@ -1,4 +1,5 @@
-"""The domain model: grid nodes, EVSEs, sessions, grid constraints, prices and schedules.
+"""The domain model: grid nodes, EVSEs, sessions, grid constraints, prices, demand charges
+and schedules.
 
 Units are in the names (``_kw``, ``_kwh``, ``_a``, ``_v``, ``_s``); every datetime is
 timezone-aware UTC.  Objects validate themselves on construction and raise
@@ -305,6 +306,43 @@ class PriceSignal:
         _check_window(self)
         _finite(self.import_price_per_kwh, "import_price_per_kwh")
         _finite(self.export_price_per_kwh, "export_price_per_kwh")
+
+
+@dataclass(frozen=True, slots=True)
+class DemandCharge:
+    """A charge per kW on a grid node's highest net import over ``[start, end)``.
+
+    ``price_per_kw`` (the scenario's currency per kW, >= 0) is paid once on the peak of
+    the node's net import in the window: EV power and base load of every node below it,
+    import minus export, as the caps see it (a peak tariff, or an OpenADR DEMAND_CHARGE
+    interval).  ``source`` and ``source_ref`` say where it came from, ``received_at``
+    when.  Two charges on one node are two separate peaks, each paid.  ``peak_reached_kw``
+    is the net import the node already reached in the window before a plan's horizon
+    (the controller fills it in): a receding plan pays only for going above it.
+    """
+
+    node_id: str
+    start: datetime
+    end: datetime
+    price_per_kw: float
+    source: str
+    source_ref: str
+    received_at: datetime
+    peak_reached_kw: float = 0.0
+
+    def __post_init__(self) -> None:
+        _identifier(self.node_id, "node_id")
+        _check_window(self)
+        _finite(self.price_per_kw, "price_per_kw", minimum=0.0)
+        _finite(self.peak_reached_kw, "peak_reached_kw", minimum=0.0)
+        _identifier(self.source, "source")
+        if not isinstance(self.source_ref, str):
+            raise ModelError("source_ref", "must be a string")
+        object.__setattr__(self, "received_at", require_utc(self.received_at, "received_at"))
+
+    def touches(self, start: datetime, end: datetime) -> bool:
+        """True if the window overlaps ``[start, end)``."""
+        return self.start < end and self.end > start
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 The time grid starts at ``scenario.start``.  A cap that touches any part of an interval
 applies to the whole interval (profiles are constant per interval, so this keeps every
-instant under the cap); the most restrictive cap wins.  A session may use the intervals
+instant under the cap); the most restrictive cap wins.  A demand charge applies to
+every interval its window touches, as prices do.  A session may use the intervals
 it is present for in full; a session that leaves after the horizon gets a pro-rata share
 of its energy wish by the horizon's end.
 """
@@ -17,7 +18,14 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from aggregator.model import GridConstraint, ModelError, PriceSignal, Schedule, Session
+from aggregator.model import (
+    DemandCharge,
+    GridConstraint,
+    ModelError,
+    PriceSignal,
+    Schedule,
+    Session,
+)
 from aggregator.scenario import PlanSettings, Scenario
 from optimizer.problem import FlexProblem, FloatArray
 from optimizer.solution import Solution
@@ -34,6 +42,7 @@ class PlanIndex:
     evse_ids: tuple[str, ...]
     sessions: tuple[Session, ...]
     cap_sources: dict[tuple[str, str, int], GridConstraint]  # (node, "import"|"export", t)
+    peak_sources: tuple[DemandCharge, ...] = ()  # the demand charge of each peak window
 
 
 def _interval_span(start: datetime, end: datetime, origin: datetime, step: timedelta,
@@ -134,6 +143,7 @@ def build_problem(scenario: Scenario) -> tuple[FlexProblem, PlanIndex]:
 
     import_price, export_price = interval_prices(scenario.prices, scenario.settings, origin,
                                                  step, n_t)
+    peaks = demand_charge_windows(scenario.demand_charges, origin, step, n_t)
 
     horizon_end = scenario.end
     sessions = tuple(s for s in scenario.sessions
@@ -169,6 +179,11 @@ def build_problem(scenario: Scenario) -> tuple[FlexProblem, PlanIndex]:
         degradation_cost_per_kwh=scenario.settings.degradation_cost_per_kwh,
         unmet_penalty_per_kwh=scenario.settings.unmet_penalty_per_kwh,
         setpoint_penalty_per_kwh=scenario.settings.setpoint_penalty_per_kwh,
+        peak_node=np.array([node_pos[c.node_id] for c, _, _ in peaks], dtype=np.int64),
+        peak_start=np.array([first for _, first, _ in peaks], dtype=np.int64),
+        peak_end=np.array([last for _, _, last in peaks], dtype=np.int64),
+        peak_price_per_kw=np.array([c.price_per_kw for c, _, _ in peaks], dtype=np.float64),
+        peak_floor_kw=np.array([c.peak_reached_kw for c, _, _ in peaks], dtype=np.float64),
         node_names=node_ids,
         evse_names=tuple(e.evse_id for e in evses),
         session_names=tuple(s.session_id for s in sessions),
@@ -176,8 +191,21 @@ def build_problem(scenario: Scenario) -> tuple[FlexProblem, PlanIndex]:
     intervals = pd.date_range(origin, periods=n_t, freq=step, tz="UTC")
     index = PlanIndex(intervals=intervals, interval=step, node_ids=node_ids,
                       evse_ids=tuple(e.evse_id for e in evses), sessions=sessions,
-                      cap_sources=cap_sources)
+                      cap_sources=cap_sources, peak_sources=tuple(c for c, _, _ in peaks))
     return problem, index
+
+
+def demand_charge_windows(charges: Sequence[DemandCharge], origin: datetime, step: timedelta,
+                          n_intervals: int) -> list[tuple[DemandCharge, int, int]]:
+    """Each demand charge with the intervals ``[first, last)`` its window touches; charges
+    wholly outside the horizon are left out (they cannot be planned for)."""
+    windows = []
+    for charge in charges:
+        first, last = _interval_span(charge.start, charge.end, origin, step, n_intervals,
+                                     inside=False)
+        if first < last:
+            windows.append((charge, first, last))
+    return windows
 
 
 def horizon_target_kwh(session: Session, scenario: Scenario) -> float:

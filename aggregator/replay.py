@@ -37,6 +37,7 @@ from aggregator.controller import Controller, ControllerSettings, planned_kw
 from aggregator.dispatch import Delivery
 from aggregator.ledger import Ledger, SessionEnergy, settle_sessions
 from aggregator.model import (
+    DemandCharge,
     Evse,
     Measurand,
     MeterSample,
@@ -206,6 +207,9 @@ async def replay_async(run: ReplayScenario) -> ReplayResult:
                                           if c.source == source], scenario.start)
     if scenario.prices:
         book.publish_prices("scenario", "static", scenario.prices, scenario.start)
+    if scenario.demand_charges:
+        book.publish_demand_charges("scenario", "static", scenario.demand_charges,
+                                    scenario.start)
     evses = {e.evse_id: e for e in tree.evses}
     tracker = SessionTracker({(e.evse_id, 1): e for e in tree.evses}, settings.session_defaults)
     stations = _Stations(run.faults, clock)
@@ -255,6 +259,7 @@ async def _loop(run: ReplayScenario, clock: _Clock, book: ConstraintBook,
     violations = 0
     unruly: set[str] = set()  # EVSEs the controller saw not following, at any time
     metered: list[MeterSample] = []  # what the stations send, for the ledger
+    charged: set[DemandCharge] = set()  # demand charges in force at some step
     t = scenario.start
     while t < scenario.end:
         clock.now = t
@@ -308,6 +313,7 @@ async def _loop(run: ReplayScenario, clock: _Clock, book: ConstraintBook,
         samples: list[MeterSample] = []
         imp_price, exp_price = (float(p[0]) for p in interval_prices(
             book.prices(t, t + step), scenario.settings, t, step, 1))
+        charged.update(book.demand_charges(t, t + step))
         for evse_id, ev in plugged.items():
             ev.power_kw = _power_kw(ev, _limit_kw(ev, stations, controlled, t), step_h)
             if not stations.fault("meter_gap", evse_id, t):
@@ -340,7 +346,8 @@ async def _loop(run: ReplayScenario, clock: _Clock, book: ConstraintBook,
     ledger.add_samples(metered)
     settled = {(s.evse_id, s.transaction_id): s for s in settle_sessions(
         ledger, scenario.start, t + step, max_gap_s=2 * step.total_seconds())}
-    return _result(run, done, node_rows, evse_rows, controller, violations, unruly, settled)
+    return _result(run, done, node_rows, evse_rows, controller, violations, unruly, settled,
+                   charged)
 
 
 def _plug(session: Session, evse: Evse) -> _Ev:
@@ -424,7 +431,8 @@ def _readings(ev: _Ev, at: datetime) -> list[MeterSample]:
 def _result(run: ReplayScenario, evs: Sequence[_Ev], node_rows: list[dict[str, Any]],
             evse_rows: list[dict[str, Any]], controller: Controller,
             violations: int, unruly: set[str],
-            settled: dict[tuple[str | None, str | None], SessionEnergy]) -> ReplayResult:
+            settled: dict[tuple[str | None, str | None], SessionEnergy],
+            charged: set[DemandCharge]) -> ReplayResult:
     scenario, settings = run.scenario, run.settings
     nodes = pd.DataFrame(node_rows)
     evse_frame = pd.DataFrame(evse_rows, columns=["at", "evse", "session", "power_kw", "soc",
@@ -456,6 +464,7 @@ def _result(run: ReplayScenario, evs: Sequence[_Ev], node_rows: list[dict[str, A
         "solve_s": p.solve_s, "sessions": p.sessions,
         "triggers": ", ".join(sorted({t.kind for t in p.triggers}))} for p in controller.plans],
         columns=["planned_at", "status", "fallback", "solve_s", "sessions", "triggers"])
+    demand_cost = _demand_charge_cost(nodes, charged)
     requested = float(sessions["requested_kwh"].sum())
     delivered = float(sessions["delivered_kwh"].sum())
     peaks = nodes.groupby("node")["load_kw"].max() if len(nodes) else pd.Series(dtype=float)
@@ -470,7 +479,8 @@ def _result(run: ReplayScenario, evs: Sequence[_Ev], node_rows: list[dict[str, A
         "settled_import_kwh": round(float(sessions["settled_import_kwh"].sum()), 3),
         "settled_export_kwh": round(float(sessions["settled_export_kwh"].sum()), 3),
         "meter_gaps": int(sessions["meter_gaps"].sum()),
-        "cost": round(cost, 3), "cap_violations": int(violations),
+        "cost": round(cost, 3), "demand_charge_cost": round(demand_cost, 3),
+        "total_cost": round(cost + demand_cost, 3), "cap_violations": int(violations),
         "plans": len(plans), "fallback_plans": int((plans["fallback"] != "").sum()),
         "solve_p50_s": round(float(plans["solve_s"].median()), 4) if len(plans) else 0.0,
         "solve_max_s": round(float(plans["solve_s"].max()), 4) if len(plans) else 0.0,
@@ -479,6 +489,17 @@ def _result(run: ReplayScenario, evs: Sequence[_Ev], node_rows: list[dict[str, A
     }
     kpis.update(_dr_delivered(run, nodes))
     return ReplayResult(kpis, nodes, evse_frame, sessions, plans)
+
+
+def _demand_charge_cost(nodes: pd.DataFrame, charged: set[DemandCharge]) -> float:
+    """Each demand charge on the highest metered net import of its node in its window."""
+    total = 0.0
+    for charge in charged:
+        rows = nodes[(nodes["node"] == charge.node_id) & (nodes["at"] >= charge.start)
+                     & (nodes["at"] < charge.end)]
+        if len(rows):
+            total += charge.price_per_kw * max(0.0, float(rows["load_kw"].max()))
+    return total
 
 
 def _dr_delivered(run: ReplayScenario, nodes: pd.DataFrame) -> dict[str, float]:

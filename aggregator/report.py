@@ -77,6 +77,7 @@ def summarise(scenario: Scenario, schedule: Schedule) -> dict[str, Any]:
         "evse_limit_violations": len(evse_limit_violations(scenario, schedule)),
         "import_cost": round(costs.get("import_cost", float("nan")), 4),
         "export_revenue": round(costs.get("export_revenue", float("nan")), 4),
+        "demand_charge_cost": round(costs.get("demand_charge_cost", float("nan")), 4),
         "node_peaks": peaks,
         "binding": list(schedule.binding),
         "warnings": list(schedule.warnings),

@@ -1,4 +1,5 @@
-"""``Scenario``: one planning case (grid tree, EVSEs, sessions, limits, prices, loads)."""
+"""``Scenario``: one planning case (grid tree, EVSEs, sessions, limits, prices, demand
+charges, loads)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from aggregator.model import (
+    DemandCharge,
     GridConstraint,
     GridTree,
     ModelError,
@@ -57,6 +59,7 @@ class Scenario:
     loads: tuple[NodeLoad, ...] = ()
     settings: PlanSettings = field(default_factory=PlanSettings)
     description: str = ""
+    demand_charges: tuple[DemandCharge, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "start", require_utc(self.start, "start"))
@@ -83,6 +86,10 @@ class Scenario:
         for load in self.loads:
             if not self.tree.has_node(load.node_id):
                 raise ModelError("node_id", f"load names unknown node {load.node_id!r}")
+        for charge in self.demand_charges:
+            if not self.tree.has_node(charge.node_id):
+                raise ModelError("node_id", f"demand charge from {charge.source_ref!r} names "
+                                 f"unknown grid node {charge.node_id!r}")
 
     @property
     def end(self) -> datetime:
@@ -103,4 +110,6 @@ def shift_scenario(scenario: Scenario, delta: timedelta) -> Scenario:
         constraints=tuple(moved(c, "start", "end", "received_at", "expires_at")
                           for c in scenario.constraints),
         prices=tuple(moved(p, "start", "end") for p in scenario.prices),
-        loads=tuple(moved(load, "start", "end") for load in scenario.loads))
+        loads=tuple(moved(load, "start", "end") for load in scenario.loads),
+        demand_charges=tuple(moved(d, "start", "end", "received_at")
+                             for d in scenario.demand_charges))

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from yaml.nodes import Node, ScalarNode
 
 from aggregator.model import (
+    DemandCharge,
     Evse,
     GridConstraint,
     GridNode,
@@ -149,7 +150,7 @@ REPLAY_KEYS = ("replay", "dso", "faults", "safe_defaults")
 accepts them without reading them."""
 _TOP_KEYS = ("name", "description", "start", "interval_minutes", "intervals", "settings",
              "nodes", "evses", "sessions", "generator", "constraints", "prices", "loads",
-             *REPLAY_KEYS)
+             "demand_charges", *REPLAY_KEYS)
 _NODE_KEYS = ("id", "kind", "parent", "name", "import_max_kw", "export_max_kw")
 _EVSE_KEYS = ("id", "node", "max_import_kw", "max_export_kw", "phases", "voltage_v",
               "min_current_a", "v2g", "ocpp")
@@ -160,6 +161,7 @@ _CONSTRAINT_KEYS = ("node", "start", "end", "import_max_kw", "export_max_kw", "s
                     "source", "ref", "priority", "received_at", "expires_at")
 _PRICE_KEYS = ("start", "end", "import_per_kwh", "export_per_kwh")
 _LOAD_KEYS = ("node", "start", "end", "load_kw")
+_DEMAND_CHARGE_KEYS = ("node", "start", "end", "price_per_kw")
 
 # Domain field -> file key, per object kind (fields not listed keep their name).
 _NODE_FIELDS = {"node_id": "id", "parent_id": "parent"}
@@ -171,6 +173,7 @@ _CONSTRAINT_FIELDS = {"node_id": "node", "source_ref": "ref"}
 _PRICE_FIELDS = {"import_price_per_kwh": "import_per_kwh",
                  "export_price_per_kwh": "export_per_kwh"}
 _LOAD_FIELDS = {"node_id": "node"}
+_DEMAND_CHARGE_FIELDS = {"node_id": "node"}
 _SCENARIO_FIELDS = {"interval": "interval_minutes", "n_intervals": "intervals"}
 
 
@@ -219,6 +222,8 @@ def scenario_document(text: str) -> tuple[Scenario, Fields]:
               for path, entry in items(root.values.get("prices"), "prices")]
     loads = [_parse_load(entry, path)
              for path, entry in items(root.values.get("loads"), "loads")]
+    charges = [_parse_demand_charge(entry, path, horizon)
+               for path, entry in items(root.values.get("demand_charges"), "demand_charges")]
 
     try:
         tree = GridTree(tuple(node for node, _ in nodes), tuple(evse for evse, _ in evses))
@@ -227,9 +232,10 @@ def scenario_document(text: str) -> tuple[Scenario, Fields]:
             sessions=(*(session for session, _ in sessions), *generated),
             constraints=(*ratings, *(constraint for constraint, _ in constraints)),
             prices=tuple(prices), loads=tuple(load for load, _ in loads),
-            settings=settings, description=description)
+            settings=settings, description=description,
+            demand_charges=tuple(charge for charge, _ in charges))
     except ModelError as err:
-        raise _locate(err, root, nodes, evses, sessions, constraints, loads) from None
+        raise _locate(err, root, nodes, evses, sessions, constraints, loads, charges) from None
     return scenario, root
 
 
@@ -391,10 +397,24 @@ def _parse_load(node: Node, path: str) -> tuple[NodeLoad, Fields]:
     return load, fields
 
 
+def _parse_demand_charge(node: Node, path: str,
+                         horizon: _Horizon) -> tuple[DemandCharge, Fields]:
+    fields = Fields(node, path, _DEMAND_CHARGE_KEYS)
+    node_id = fields.required("node", to_str)
+    start = fields.required("start", to_datetime)
+    end = fields.required("end", to_datetime)
+    price_per_kw = fields.required("price_per_kw", to_float)
+    charge = build(fields, _DEMAND_CHARGE_FIELDS, lambda: DemandCharge(
+        node_id=node_id, start=start, end=end, price_per_kw=price_per_kw, source="scenario",
+        source_ref=path, received_at=horizon.start))
+    return charge, fields
+
+
 def _locate(err: ModelError, root: Fields, nodes: Sequence[tuple[GridNode, Fields]],
             evses: Sequence[tuple[Evse, Fields]], sessions: Sequence[tuple[Session, Fields]],
             constraints: Sequence[tuple[GridConstraint, Fields]],
-            loads: Sequence[tuple[NodeLoad, Fields]]) -> FieldError:
+            loads: Sequence[tuple[NodeLoad, Fields]],
+            charges: Sequence[tuple[DemandCharge, Fields]]) -> FieldError:
     """Find the list entry behind a ``GridTree`` / ``Scenario`` cross-check failure.
 
     The checks are redone in the constructors' order; the first entry that fails is the
@@ -448,6 +468,9 @@ def _locate(err: ModelError, root: Fields, nodes: Sequence[tuple[GridNode, Field
             return at(fields, "node")
     for load, fields in loads:
         if load.node_id not in by_id:
+            return at(fields, "node")
+    for charge, fields in charges:
+        if charge.node_id not in by_id:
             return at(fields, "node")
     key = _SCENARIO_FIELDS.get(err.field, err.field)
     if key in _TOP_KEYS:

@@ -6,6 +6,13 @@ master LP mixes the sites' proposals under the shared rows and sends back prices
 them.  Sites re-solve warm under the new prices until no site can propose a cheaper
 plan: the Lagrangian bound then proves the mix optimal for the monolithic LP (the
 stopping tolerance is ``rel_gap``).  The schedule is the convex mix of the proposals.
+
+Demand charges: a window on a node with at most one block below it (a site, or a node
+above a single site) stays inside that block's LP, peak column and rows included; one on
+a node with no block below only costs its base load's peak (a constant).  A window on a
+shared node (two or more blocks below) would need its peak column in the master, so such
+a problem falls back to the monolithic LP (``stats["fallback"]`` says why): demand
+charges are few and the direct build is fast, so exactness is kept the simple way.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import Any
 import highspy
 import numpy as np
 
-from optimizer.lp import LpModel, build_lp, model_status, new_highs, pass_lp
+from optimizer.lp import LpModel, build_lp, model_status, new_highs, pass_lp, solve_lp
 from optimizer.problem import FlexProblem, FloatArray, IntArray
 from optimizer.solution import Solution, Status
 from optimizer.verdict import finish_solution, infeasible_solution
@@ -78,7 +85,11 @@ def coupling_of(p: FlexProblem, blocks: IntArray) -> tuple[Coupling, np.ndarray]
 
 
 def block_problem(p: FlexProblem, meter: int, shared: np.ndarray) -> tuple[FlexProblem, IntArray]:
-    """The sub-problem of one meter: its EVSEs and sessions, shared caps removed."""
+    """The sub-problem of one meter: its EVSEs and sessions, shared caps removed.
+
+    It keeps the demand-charge windows of the unshared nodes on the meter's way to the
+    root (the only block that can move their peak).
+    """
     evses = np.flatnonzero(p.evse_node == meter)
     sessions = np.flatnonzero(np.isin(p.session_evse, evses))
     evse_pos = np.full(p.n_evses, -1, dtype=np.int64)
@@ -89,6 +100,7 @@ def block_problem(p: FlexProblem, meter: int, shared: np.ndarray) -> tuple[FlexP
     unrelated = ~subtree[:, meter]  # nodes above other meters only
     drop = shared | unrelated
     imp[drop], exp[drop], setpoint[drop] = np.inf, np.inf, np.nan
+    peaks = ~drop[p.peak_node]
     names = p.session_names
     sub = replace(
         p, node_import_max_kw=imp, node_export_max_kw=exp, node_setpoint_kw=setpoint,
@@ -104,6 +116,9 @@ def block_problem(p: FlexProblem, meter: int, shared: np.ndarray) -> tuple[FlexP
         session_discharge_max_kw=p.session_discharge_max_kw[sessions],
         session_charge_efficiency=p.session_charge_efficiency[sessions],
         session_discharge_efficiency=p.session_discharge_efficiency[sessions],
+        peak_node=p.peak_node[peaks], peak_start=p.peak_start[peaks],
+        peak_end=p.peak_end[peaks], peak_price_per_kw=p.peak_price_per_kw[peaks],
+        peak_floor_kw=p.peak_floor()[peaks],
         evse_names=tuple(p.evse_names[i] for i in evses) if p.evse_names else (),
         session_names=tuple(names[i] for i in sessions) if names else ())
     return sub, sessions
@@ -285,6 +300,9 @@ def solve_decomposed(p: FlexProblem, *, workers: int = 2, rel_gap: float = 1e-7,
     coupling, shared = coupling_of(p, meters)
     stats: dict[str, Any] = {"path": "direct", "method": "decomposed", "blocks": int(meters.size),
                              "shared_rows": int(coupling.node.size), "workers": workers}
+    shared_peaks = [int(k) for k in np.flatnonzero(shared[p.peak_node])]
+    if shared_peaks:
+        return _monolithic(p, shared_peaks, started, time_limit_s)
     if _empty_nodes_violated(p, meters):
         return infeasible_solution(p, Status.INFEASIBLE, stats)
     if meters.size == 0:  # nothing to schedule: only constant costs
@@ -413,6 +431,22 @@ def _column_generation(p: FlexProblem, pool: _Pool, meters: IntArray,
     return finish_solution(p, status, charge, discharge, energy, unmet, master_value, stats)
 
 
+def _monolithic(p: FlexProblem, shared_peaks: list[int], started: float,
+               time_limit_s: float | None) -> Solution:
+    """The monolithic LP, for a demand charge on a node shared by several blocks."""
+    nodes = sorted({_node_label(p, int(p.peak_node[k])) for k in shared_peaks})
+    remaining = None if time_limit_s is None else max(
+        time_limit_s - (time.perf_counter() - started), 1e-3)
+    solution = solve_lp(p, time_limit_s=remaining)
+    solution.stats["fallback"] = (f"demand charge on {', '.join(nodes)} above several sites: "
+                                  "solved as one LP")
+    return solution
+
+
+def _node_label(p: FlexProblem, node: int) -> str:
+    return p.node_names[node] if p.node_names else f"node {node}"
+
+
 def _block_prices(coupling: Coupling, y: FloatArray, meters: IntArray,
                   n_t: int) -> dict[int, FloatArray]:
     """Per block, the price per kW of net import in each interval from the row duals."""
@@ -428,8 +462,9 @@ def _exact_penalty(p: FlexProblem) -> float:
     """Cost per kW of violating a shared cap: above any dual a cap row can have.
 
     A kW less in one interval costs at most the unmet-energy penalty of the energy it
-    would have stored, plus the price and setpoint terms it touches; exceeding that
-    keeps the penalised master exact (its optimum uses no violation when one exists).
+    would have stored, plus the price and setpoint terms it touches, plus the price of every
+    demand charge whose peak it raises; exceeding that keeps the penalised master exact
+    (its optimum uses no violation when one exists).
     """
     worst = (p.unmet_penalty_per_kwh / float(np.min(p.session_charge_efficiency, initial=1.0))
              + float(np.max(np.abs(p.import_price_per_kwh)))
@@ -437,7 +472,8 @@ def _exact_penalty(p: FlexProblem) -> float:
              + p.degradation_cost_per_kwh + p.setpoint_penalty_per_kwh
              + p.unmet_penalty_per_kwh * float(np.max(1.0 / p.session_discharge_efficiency,
                                                       initial=1.0)))
-    return 10.0 * p.interval_h * worst
+    # a kW more room in one interval can also lower the peak of every block-local window
+    return 10.0 * (p.interval_h * worst + float(p.peak_price_per_kw.sum()))
 
 
 def _shares(p: FlexProblem, coupling: Coupling, meters: IntArray
@@ -500,15 +536,21 @@ def _empty_nodes_violated(p: FlexProblem, meters: IntArray) -> bool:
 def _idle_meter_cost(p: FlexProblem, meters: IntArray) -> float:
     """The constant cost of what no block controls.
 
-    Base load at meters with EVSEs but no sessions, and the deviation from setpoints on
-    nodes with no session below them.
+    Base load at meters with EVSEs but no sessions, the deviation from setpoints on
+    nodes with no session below them, and the demand charges on those nodes (their peak
+    is the base load's).
     """
     idle = np.setdiff1d(p.meter_nodes(), meters)
     net = p.node_base_load_kw[idle]
     cost = float(p.interval_h * (np.clip(net, 0, None) * p.import_price_per_kwh
                                  - np.clip(-net, 0, None) * p.effective_export_price()).sum())
-    empty = ~p.subtree_matrix()[:, meters].any(axis=1)
+    empty = np.asarray(~p.subtree_matrix()[:, meters].any(axis=1), dtype=bool)
     deviation = p.node_setpoint_kw[empty] - p.subtree_base_load_kw()[empty]
     cost += float(p.interval_h * p.setpoint_penalty_per_kwh
                   * np.nansum(np.abs(deviation)))
+    if p.n_peaks:
+        alone = empty[p.peak_node]
+        base = np.where(p.peak_mask(), p.subtree_base_load_kw()[p.peak_node], -np.inf)
+        peak_kw = np.maximum(base.max(axis=1), p.peak_floor())
+        cost += float(p.peak_price_per_kw[alone] @ peak_kw[alone])
     return cost

@@ -92,7 +92,8 @@ def schedule_objective(p: FlexProblem, charge_kw: FloatArray, discharge_kw: Floa
 
     Energy netted at each meter with its base load (import price for what it draws,
     export price capped at the import price for what it feeds), degradation, unmet
-    penalty, setpoint deviation penalty and the tie-break weights.
+    penalty, setpoint deviation penalty, demand charges (price per kW times each window's
+    peak net import) and the tie-break weights.  The rules themselves ignore every price.
     """
     terms = cost_terms(p, charge_kw, discharge_kw, unmet_kwh)
     dt = p.interval_h
@@ -101,7 +102,7 @@ def schedule_objective(p: FlexProblem, charge_kw: FloatArray, discharge_kw: Floa
     setpoint = dt * p.setpoint_penalty_per_kwh * float(np.abs(deviation[has_setpoint]).sum())
     tie = dt * float((p.tie_break_weights() * (charge_kw + discharge_kw)).sum())
     return (terms["import_cost"] - terms["export_revenue"] + terms["degradation_cost"]
-            + terms["unmet_penalty"] + setpoint + tie)
+            + terms["unmet_penalty"] + terms["demand_charge_cost"] + setpoint + tie)
 
 
 def exceeded_caps(p: FlexProblem, charge_kw: FloatArray) -> tuple[str, ...]:

@@ -2,10 +2,14 @@
 
 Columns: charge ``c`` per slot (session x interval it is present), discharge ``d`` per
 slot of a V2G session, battery energy ``e`` per slot, unmet energy ``u`` per session,
-exported energy ``x`` per meter and interval, setpoint deviations ``s+``/``s-``.
+exported energy ``x`` per meter and interval, setpoint deviations ``s+``/``s-``, and the
+peak ``z >= 0`` (kW) of every demand-charge window, costed at its price per kW.
 Rows: battery balance per slot, departure target per session, meter export definition,
-node caps per node and interval (net flow, ranged), setpoints.  ``optimizer.pyomo_model``
-writes the same model the readable way; both must give the same objective.
+node caps per node and interval (net flow, ranged), setpoints, and per demand-charge
+window and interval ``net flow of the node - z <= 0`` (base load moved to the right-hand
+side), so ``z`` is the highest net import of the window (0 when it only exports).
+``optimizer.pyomo_model`` writes the same model the readable way; both must give the same
+objective.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ class LpModel:
     e_col: IntArray  # (K,)
     u_col: IntArray  # (S,)
     cap_row: IntArray  # (N, T) row of the node cap, -1 if none
+    z_col: IntArray  # (P,) peak column of each demand-charge window
     build_s: float = 0.0
 
     @property
@@ -141,7 +146,9 @@ def build_lp(p: FlexProblem) -> LpModel:
     sp_node, sp_t = np.nonzero(setpoint_mask)
     sp_plus = next_col + np.arange(sp_node.size, dtype=np.int64)
     sp_minus = sp_plus + sp_node.size
-    n_cols = next_col + 2 * sp_node.size
+    next_col += 2 * sp_node.size
+    z_col = next_col + np.arange(p.n_peaks, dtype=np.int64)
+    n_cols = next_col + p.n_peaks
 
     col_cost = np.zeros(n_cols)
     col_lower = np.zeros(n_cols)
@@ -162,6 +169,8 @@ def build_lp(p: FlexProblem) -> LpModel:
     col_cost[x_cols] = dt * np.tile(price_imp - price_exp, x_nodes.size)
     col_cost[sp_plus] = dt * p.setpoint_penalty_per_kwh
     col_cost[sp_minus] = dt * p.setpoint_penalty_per_kwh
+    col_cost[z_col] = p.peak_price_per_kw
+    col_lower[z_col] = p.peak_floor()  # the peak already reached: only more of it costs
     offset = float(dt * (price_imp[None, :] * p.node_base_load_kw[meters]).sum())
 
     entries = _Entries()
@@ -245,12 +254,24 @@ def build_lp(p: FlexProblem) -> LpModel:
         row_upper.append(target.copy())
         n_rows += js.size
 
+    # demand charges: sum(c - d) - z <= -base, for every interval of the window
+    for k in range(p.n_peaks):
+        node_k = int(p.peak_node[k])
+        ts = np.arange(int(p.peak_start[k]), int(p.peak_end[k]), dtype=np.int64)
+        row_of = np.full(n_t, -1, dtype=np.int64)
+        row_of[ts] = n_rows + np.arange(ts.size)
+        add_flow(row_of, under[node_k])
+        entries.add(row_of[ts], np.full(ts.size, z_col[k]), -1.0)
+        row_lower.append(np.full(ts.size, -INF))
+        row_upper.append(-base_sub[node_k, ts])
+        n_rows += ts.size
+
     matrix = entries.matrix(n_rows, n_cols)
     return LpModel(problem=p, slots=slots, col_cost=col_cost, col_lower=col_lower,
                    col_upper=col_upper, row_lower=np.concatenate(row_lower),
                    row_upper=np.concatenate(row_upper), matrix=matrix, offset=offset,
                    c_col=c_col, d_col=d_col, e_col=e_col, u_col=u_col, cap_row=cap_row,
-                   build_s=time.perf_counter() - started)
+                   z_col=z_col, build_s=time.perf_counter() - started)
 
 
 def new_highs(options: dict[str, Any] | None = None) -> highspy.Highs:

@@ -6,6 +6,8 @@ optimum is a lower bound on the MILP), fix every slot the LP already decides (id
 or above the minimum power), and let HiGHS branch only on the ambiguous slots.  The gap is
 proved against the LP bound.  If fixing makes the model infeasible, the full MILP runs,
 started from nothing, within the time limit.  ``method="exact"`` always runs the full MILP.
+The binaries are appended to the LP's own matrix, so every LP term (caps, setpoints,
+demand-charge peaks) holds in the MILP unchanged.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def _with_binaries(model: LpModel, col_lower: FloatArray, col_upper: FloatArray,
         row_upper=np.concatenate([model.row_upper, np.zeros(n_bin), np.full(n_bin, np.inf),
                                   np.ones(pair_i.size)]),
         matrix=matrix, offset=model.offset, c_col=model.c_col, d_col=model.d_col,
-        e_col=model.e_col, u_col=model.u_col, cap_row=model.cap_row)
+        e_col=model.e_col, u_col=model.u_col, cap_row=model.cap_row, z_col=model.z_col)
     integrality = np.concatenate([np.zeros(n_cols, dtype=np.int64),
                                   np.ones(n_bin, dtype=np.int64)])
     return extended, integrality

@@ -8,6 +8,12 @@ flow (EV charging minus discharging plus the node's own base load, summed over t
 subtree); ``inf`` means no cap and ``nan`` in ``node_setpoint_kw`` means no setpoint.
 Prices net at the node an EVSE is attached to (its meter): the import price for what
 the meter draws, the export price for what it feeds back.
+
+Demand charges: ``P`` peak windows, each a node, an interval range ``[peak_start,
+peak_end)`` and a price per kW (``peak_price_per_kw``) charged once on the node's highest
+net import in the window (the same net flow the caps bound, base load included; a
+window in which the node only exports costs nothing).  Windows are independent: two
+windows on one node are two charges.
 """
 
 from __future__ import annotations
@@ -19,6 +25,14 @@ from numpy.typing import NDArray
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
+
+
+def _no_ints() -> IntArray:
+    return np.zeros(0, dtype=np.int64)
+
+
+def _no_floats() -> FloatArray:
+    return np.zeros(0, dtype=np.float64)
 
 
 class ProblemError(ValueError):
@@ -56,6 +70,13 @@ class FlexProblem:
     unmet_penalty_per_kwh: float = 10.0
     setpoint_penalty_per_kwh: float = 5.0
     tie_break_per_kwh: float = 1e-6
+    peak_node: IntArray = field(default_factory=_no_ints)  # (P,) node of each demand charge
+    peak_start: IntArray = field(default_factory=_no_ints)  # (P,) first interval of the window
+    peak_end: IntArray = field(default_factory=_no_ints)  # (P,) one past the last interval
+    peak_price_per_kw: FloatArray = field(default_factory=_no_floats)  # (P,) >= 0
+    # (P,) >= 0 kW: the window's peak already reached before the horizon (a receding plan
+    # pays only beyond it); None means 0 for every window
+    peak_floor_kw: FloatArray | None = None
     node_names: tuple[str, ...] = field(default=())
     evse_names: tuple[str, ...] = field(default=())
     session_names: tuple[str, ...] = field(default=())
@@ -79,6 +100,10 @@ class FlexProblem:
     def n_sessions(self) -> int:
         return int(self.session_evse.shape[0])
 
+    @property
+    def n_peaks(self) -> int:
+        return int(self.peak_node.shape[0])
+
     def session_discharge_kw(self) -> FloatArray:
         """(S, T) discharge bound per session and interval (0 outside availability)."""
         return self._session_bound(self.session_discharge_max_kw, self.evse_export_max_kw)
@@ -93,6 +118,19 @@ class FlexProblem:
             t[None, :] < self.session_end[:, None])
         bound = np.minimum(per_session[:, None], per_evse[self.session_evse, :])
         return np.where(present, bound, 0.0)
+
+    def peak_floor(self) -> FloatArray:
+        """(P,) the peak each window has already reached (0 where none is given)."""
+        if self.peak_floor_kw is None:
+            return np.zeros(self.n_peaks)
+        return self.peak_floor_kw
+
+    def peak_mask(self) -> NDArray[np.bool_]:
+        """(P, T) true in the intervals of each demand-charge window."""
+        t = np.arange(self.n_intervals)
+        mask: NDArray[np.bool_] = (t[None, :] >= self.peak_start[:, None]) & (
+            t[None, :] < self.peak_end[:, None])
+        return mask
 
     def subtree_matrix(self) -> NDArray[np.bool_]:
         """(N, N) ``M[a, n]`` is true when node ``n`` lies in the subtree of ``a``."""
@@ -149,6 +187,11 @@ def _check_problem(p: FlexProblem) -> None:
         "session_discharge_efficiency": (n_s,), "import_price_per_kwh": (n_t,),
         "export_price_per_kwh": (n_t,),
     }
+    n_p = len(p.peak_node) if hasattr(p.peak_node, "__len__") else -1
+    shapes.update({"peak_node": (n_p,), "peak_start": (n_p,), "peak_end": (n_p,),
+                   "peak_price_per_kw": (n_p,)})
+    if p.peak_floor_kw is not None:
+        shapes["peak_floor_kw"] = (n_p,)
     for name, shape in shapes.items():
         array = getattr(p, name)
         if not isinstance(array, np.ndarray) or array.shape != shape:
@@ -158,18 +201,22 @@ def _check_problem(p: FlexProblem) -> None:
               "session_energy_initial_kwh", "session_energy_target_kwh",
               "session_energy_floor_kwh", "session_capacity_kwh", "session_charge_max_kw",
               "session_discharge_max_kw", "session_charge_efficiency",
-              "session_discharge_efficiency", "import_price_per_kwh", "export_price_per_kwh"]
+              "session_discharge_efficiency", "import_price_per_kwh", "export_price_per_kwh",
+              "peak_price_per_kw"]
     for name in finite:
         if not np.all(np.isfinite(getattr(p, name))):
             raise ProblemError(f"{name}: values must be finite")
     nonneg = ["evse_import_max_kw", "evse_export_max_kw", "evse_min_kw",
               "session_energy_initial_kwh", "session_energy_floor_kwh",
               "session_charge_max_kw", "session_discharge_max_kw", "node_import_max_kw",
-              "node_export_max_kw"]
+              "node_export_max_kw", "peak_price_per_kw"]
     for name in nonneg:
         array = getattr(p, name)
         if np.any(np.isnan(array)) or np.any(array < 0):
             raise ProblemError(f"{name}: values must be >= 0 (inf allowed for caps)")
+    if p.peak_floor_kw is not None and not (np.all(np.isfinite(p.peak_floor_kw))
+                                            and np.all(p.peak_floor_kw >= 0)):
+        raise ProblemError("peak_floor_kw: values must be finite and >= 0")
     if np.any(np.isinf(p.node_setpoint_kw)):
         raise ProblemError("node_setpoint_kw: use nan for no setpoint, not inf")
     if n_n and (np.any(p.node_parent < -1) or np.any(p.node_parent >= n_n)):
@@ -188,6 +235,14 @@ def _check_problem(p: FlexProblem) -> None:
     if np.any(p.session_start < 0) or np.any(p.session_end > n_t) or np.any(
             p.session_start > p.session_end):
         raise ProblemError("session_start: need 0 <= session_start <= session_end <= T")
+    for name in ("peak_node", "peak_start", "peak_end"):
+        if not np.issubdtype(getattr(p, name).dtype, np.integer):
+            raise ProblemError(f"{name}: must be an integer array")
+    if n_p and (np.any(p.peak_node < 0) or np.any(p.peak_node >= n_n)):
+        raise ProblemError("peak_node: index out of range")
+    if np.any(p.peak_start < 0) or np.any(p.peak_end > n_t) or np.any(
+            p.peak_start >= p.peak_end):
+        raise ProblemError("peak_start: need 0 <= peak_start < peak_end <= T")
     if np.any(p.session_capacity_kwh <= 0):
         raise ProblemError("session_capacity_kwh: must be > 0")
     if np.any(p.session_energy_initial_kwh > p.session_capacity_kwh + 1e-9):

@@ -20,7 +20,8 @@ from optimizer.verdict import finish_solution, infeasible_solution
 
 
 def build_pyomo(p: FlexProblem) -> pyo.ConcreteModel:
-    """Build the LP: battery balance, departure targets, meter netting, node caps, setpoints."""
+    """Build the LP: battery balance, departure targets, meter netting, node caps, setpoints,
+    and one peak variable per demand-charge window above the node's net import."""
     dt = p.interval_h
     charge_bound = p.session_charge_kw()
     discharge_bound = p.session_discharge_kw()
@@ -112,11 +113,24 @@ def build_pyomo(p: FlexProblem) -> pyo.ConcreteModel:
         return ev_flow_below(n, t) - m.above[n, t] + m.below[n, t] == \
             p.node_setpoint_kw[n, t] - base_sub[n, t]
 
+    peak_rows = [(k, t) for k in range(p.n_peaks)
+                 for t in range(int(p.peak_start[k]), int(p.peak_end[k]))]
+    m.PEAKS = pyo.Set(initialize=range(p.n_peaks))
+    m.PEAK_ROWS = pyo.Set(initialize=peak_rows, dimen=2)
+    floor = p.peak_floor()
+    m.peak = pyo.Var(m.PEAKS, bounds=lambda m, k: (float(floor[k]), None))  # kW: the
+    # window's highest net import, at least the peak it has already reached
+
+    def peak_above_flow(m: Any, k: int, t: int) -> Any:
+        node = int(p.peak_node[k])
+        return ev_flow_below(node, t) + base_sub[node, t] <= m.peak[k]
+
     m.battery_balance = pyo.Constraint(m.SLOTS, rule=battery)
     m.departure_target = pyo.Constraint(m.SESSIONS, rule=departure)
     m.meter_export_def = pyo.Constraint(m.EXPORTS, rule=meter_export)
     m.node_cap_rows = pyo.Constraint(m.CAPS, rule=node_cap)
     m.setpoint_rows = pyo.Constraint(m.SETPOINTS, rule=setpoint)
+    m.peak_rows = pyo.Constraint(m.PEAK_ROWS, rule=peak_above_flow)
 
     base_cost = dt * float(sum(price_imp[t] * p.node_base_load_kw[n, t]
                                for n in p.meter_nodes() for t in range(p.n_intervals)))
@@ -127,7 +141,8 @@ def build_pyomo(p: FlexProblem) -> pyo.ConcreteModel:
               * m.discharge[s, t] for s, t in v2g_slots)
         + sum(dt * (price_imp[t] - price_exp[t]) * m.export[n, t] for n, t in m.EXPORTS)
         + sum(p.unmet_penalty_per_kwh * m.unmet[s] for s in range(p.n_sessions))
-        + sum(dt * p.setpoint_penalty_per_kwh * (m.above[k] + m.below[k]) for k in setpoints)))
+        + sum(dt * p.setpoint_penalty_per_kwh * (m.above[k] + m.below[k]) for k in setpoints)
+        + sum(float(p.peak_price_per_kw[k]) * m.peak[k] for k in range(p.n_peaks))))
     return m
 
 

@@ -26,7 +26,9 @@ class Solution:
     ``charge_kw`` and ``discharge_kw`` are both >= 0 (grid side); ``power_kw`` is their
     signed difference.  ``energy_kwh`` is the battery energy at the end of each interval
     (nan outside the session).  ``objective`` includes every cost term and the constant
-    cost of base load at the meters.
+    cost of base load at the meters.  ``stats["cost_terms"]`` splits it (demand charges in
+    ``demand_charge_cost``, also at ``stats["demand_charge_cost"]``, with each window's
+    peak in ``stats["demand_charge_peak_kw"]``).
     """
 
     status: str

@@ -26,9 +26,26 @@ def node_flow_kw(p: FlexProblem, power_kw: FloatArray) -> FloatArray:
     return result
 
 
+def window_peaks_kw(p: FlexProblem, power_kw: FloatArray) -> FloatArray:
+    """(P,) the highest net import of each demand-charge window's node, at least the peak
+    the window had already reached (``peak_floor_kw``; 0 if it only exports).
+
+    What the LP's peak column ``z`` equals at its optimum when the price is positive.
+    """
+    if p.n_peaks == 0:
+        return np.zeros(0)
+    flow = node_flow_kw(p, power_kw)[p.peak_node]  # (P, T)
+    inside = np.where(p.peak_mask(), flow, -np.inf)
+    peaks: FloatArray = np.maximum(inside.max(axis=1), p.peak_floor())
+    return peaks
+
+
 def cost_terms(p: FlexProblem, charge_kw: FloatArray, discharge_kw: FloatArray,
                unmet_kwh: FloatArray) -> dict[str, float]:
-    """The objective split into what an operator pays and earns (meters net per interval)."""
+    """The objective split into what an operator pays and earns (meters net per interval).
+
+    ``demand_charge_cost`` is each window's price per kW times its peak net import.
+    """
     dt = p.interval_h
     evse_power = np.zeros((p.n_evses, p.n_intervals))
     np.add.at(evse_power, p.session_evse, charge_kw - discharge_kw)
@@ -42,6 +59,8 @@ def cost_terms(p: FlexProblem, charge_kw: FloatArray, discharge_kw: FloatArray,
         "export_revenue": float(dt * (exported * p.effective_export_price()).sum()),
         "degradation_cost": float(dt * p.degradation_cost_per_kwh * discharge_kw.sum()),
         "unmet_penalty": float(p.unmet_penalty_per_kwh * unmet_kwh.sum()),
+        "demand_charge_cost": float(p.peak_price_per_kw @ window_peaks_kw(
+            p, charge_kw - discharge_kw)),
         "imported_kwh": float(dt * imported.sum()),
         "exported_kwh": float(dt * exported.sum()),
         "charged_kwh": float(dt * charge_kw.sum()),
@@ -107,6 +126,8 @@ def finish_solution(p: FlexProblem, status: str, charge_kw: FloatArray,
     unmet_kwh = np.clip(unmet_kwh, 0.0, None)
     stats = dict(stats)
     stats["cost_terms"] = cost_terms(p, charge_kw, discharge_kw, unmet_kwh)
+    stats["demand_charge_cost"] = stats["cost_terms"]["demand_charge_cost"]
+    stats["demand_charge_peak_kw"] = window_peaks_kw(p, charge_kw - discharge_kw).tolist()
     stats.setdefault("total_s", stats.get("build_s", 0.0) + stats.get("solve_s", 0.0))
     return Solution(status=status, charge_kw=charge_kw, discharge_kw=discharge_kw,
                     energy_kwh=energy_kwh, unmet_kwh=unmet_kwh, objective=objective,
@@ -150,4 +171,4 @@ def infeasible_solution(p: FlexProblem, status: str, stats: dict[str, Any]) -> S
 
 
 __all__ = ["Status", "binding_caps", "binding_constraints", "cap_violations", "cost_terms",
-           "finish_solution", "infeasible_solution", "node_flow_kw"]
+           "finish_solution", "infeasible_solution", "node_flow_kw", "window_peaks_kw"]

@@ -36,6 +36,8 @@ class ProgramConfig:
     apply whatever the opt decision; a voluntary program's limits apply only when opted in.
     Prices: ``priceRelative`` adds to and ``priceMultiplier`` multiplies
     ``base_import_price_per_kwh``; exports are paid ``export_price_ratio`` times the price.
+    Demand charges (DEMAND_CHARGE, currency per kW of peak): ``priceRelative`` adds to and
+    ``priceMultiplier`` multiplies ``base_demand_charge_per_kw``.
     """
 
     market_context: str
@@ -45,6 +47,7 @@ class ProgramConfig:
     export_price_ratio: float = 1.0
     dispatch_setpoint_is_cap: bool = True
     priority: int = 0
+    base_demand_charge_per_kw: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +172,7 @@ def _targets(value: Any, where: str) -> dict[str, dict[str, tuple[str, ...]]]:
 def _programs(value: Any, where: str) -> dict[str, ProgramConfig]:
     table = _fields.table(value, where)
     known = {"mandatory", "simple_levels_kw", "base_import_price_per_kwh", "export_price_ratio",
-             "dispatch_setpoint_is_cap", "priority"}
+             "dispatch_setpoint_is_cap", "priority", "base_demand_charge_per_kw"}
     result: dict[str, ProgramConfig] = {}
     for context, raw in table.items():
         here = f"{where}.{context}"
@@ -200,5 +203,7 @@ def _programs(value: Any, where: str) -> dict[str, ProgramConfig]:
                                        f"{here}.export_price_ratio", minimum=0.0),
             dispatch_setpoint_is_cap=_fields.flag(spec, "dispatch_setpoint_is_cap", here, True),
             priority=priority,
+            base_demand_charge_per_kw=_number(spec.get("base_demand_charge_per_kw", 0.0),
+                                              f"{here}.base_demand_charge_per_kw", minimum=0.0),
         )
     return result

@@ -1,4 +1,5 @@
-"""Translate one OpenADR 2.0b event (openleadr's parsed dict) into grid constraints and prices.
+"""Translate one OpenADR 2.0b event (openleadr's parsed dict) into constraints, prices and
+demand charges.
 
 Pure: no I/O and no clock.  Every value is checked and a bad one raises ``EventError`` naming
 the field (``event_signals[0].intervals[2].signal_payload``).  What the signals mean:
@@ -10,7 +11,13 @@ the field (``event_signals[0].intervals[2].signal_payload``).  What the signals 
   x-loadControlLevelOffset -> SIMPLE level offset; x-loadControlPercentOffset -> baseline
   x (1 + pct/100); x-loadControlSetpoint -> as a dispatch setpoint.
 - ELECTRICITY_PRICE / ENERGY_PRICE price, priceRelative, priceMultiplier -> ``PriceSignal``.
-- DEMAND_CHARGE and bid signals are reported as unsupported (the optimizer has no peak term).
+- DEMAND_CHARGE price (currency per kW), priceRelative / priceMultiplier (on the program's
+  ``base_demand_charge_per_kw``) -> one ``DemandCharge`` per target node and interval: the
+  planner pays it on the node's peak net import in the interval's window, so it flattens
+  the peak.  A charge below 0 is refused (it would pay for a higher peak).
+- Price and demand-charge payloads are currency: their ``measurement`` (currencyPerKWh,
+  currencyPerKW) is not a power unit and is not converted.
+- Bid signals and CHARGE_STATE are reported as unsupported.
 
 Timing: start randomisation (``startafter``) shifts the whole event by a deterministic offset
 drawn from the configured seed and the event id; the ramp-up period brings the first
@@ -28,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from adapters.openadr.config import TARGET_TYPES, ProgramConfig, VenConfig
-from aggregator.model import GridConstraint, ModelError, PriceSignal
+from aggregator.model import DemandCharge, GridConstraint, ModelError, PriceSignal
 
 SOURCE = "openadr"
 BaselineKw = Callable[[str, datetime, datetime], float]
@@ -39,7 +46,8 @@ OPEN_ENDED = timedelta(days=365)
 _SCALE = {"p": 1e-12, "n": 1e-9, "micro": 1e-6, "m": 1e-3, "c": 1e-2, "d": 1e-1,
           "none": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 _PRICE_SIGNALS = ("ELECTRICITY_PRICE", "ENERGY_PRICE")
-_UNSUPPORTED = ("DEMAND_CHARGE", "BID_PRICE", "BID_LOAD", "BID_ENERGY", "CHARGE_STATE")
+_DEMAND_CHARGE = "DEMAND_CHARGE"
+_UNSUPPORTED = ("BID_PRICE", "BID_LOAD", "BID_ENERGY", "CHARGE_STATE")
 
 
 class EventError(ModelError):
@@ -61,6 +69,7 @@ class EventPlan:
     nodes: tuple[str, ...]
     constraints: tuple[GridConstraint, ...] = ()
     prices: tuple[PriceSignal, ...] = ()
+    demand_charges: tuple[DemandCharge, ...] = ()
     unsupported: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
 
@@ -126,6 +135,7 @@ def translate(event: Mapping[str, Any], config: VenConfig, *, received_at: datet
 
     constraints: list[GridConstraint] = []
     prices: list[PriceSignal] = []
+    demand_charges: list[DemandCharge] = []
     unsupported: list[str] = []
     notes: list[str] = []
     end = start + duration  # the intervals may reach further (or be open-ended)
@@ -140,7 +150,13 @@ def translate(event: Mapping[str, Any], config: VenConfig, *, received_at: datet
         nodes = event_nodes
         if signal.get("targets"):
             nodes = _nodes(signal.get("targets"), config, f"{where}.targets")
-        factor_kw = _power_factor_kw(signal.get("measurement"), f"{where}.measurement")
+        priced = name.upper() in _PRICE_SIGNALS or name.upper() == _DEMAND_CHARGE
+        if priced:  # currency per kWh or kW: nothing to convert to kW
+            factor_kw = 1.0
+            if signal.get("measurement"):
+                _mapping(signal.get("measurement"), f"{where}.measurement")
+        else:
+            factor_kw = _power_factor_kw(signal.get("measurement"), f"{where}.measurement")
         intervals = _intervals(signal.get("intervals"), where, start)
         if intervals:
             end = max(end, max(i_end for _, i_end, _ in intervals))
@@ -164,6 +180,12 @@ def translate(event: Mapping[str, Any], config: VenConfig, *, received_at: datet
                 prices.append(_price(kind, payload, program, field_name, window_start,
                                      window_end))
                 continue
+            if name.upper() == _DEMAND_CHARGE:
+                per_kw = _demand_charge_per_kw(kind, payload, program, field_name)
+                demand_charges.extend(
+                    _charge(node, window_start, window_end, per_kw, ref, received_at,
+                            field_name) for node in nodes)
+                continue
             for node in nodes:
                 constraint = _limit(name.upper(), kind, payload, factor_kw, node, program,
                                     config, baseline_kw, field_name, window_start, window_end,
@@ -179,6 +201,7 @@ def translate(event: Mapping[str, Any], config: VenConfig, *, received_at: datet
         nodes=event_nodes,
         constraints=() if test_event else tuple(constraints),
         prices=() if test_event else tuple(prices),
+        demand_charges=() if test_event else tuple(demand_charges),
         unsupported=tuple(unsupported), notes=tuple(notes))
 
 
@@ -263,6 +286,36 @@ def _price(kind: str, payload: float, program: ProgramConfig, field_name: str,
         return PriceSignal(start=start, end=end, import_price_per_kwh=value,
                            export_price_per_kwh=value * program.export_price_ratio,
                            source=SOURCE)
+    except ModelError as err:
+        raise EventError(field_name, err.message) from err
+
+
+def _demand_charge_per_kw(kind: str, payload: float, program: ProgramConfig,
+                          field_name: str) -> float:
+    """A DEMAND_CHARGE payload as currency per kW (never below 0)."""
+    base = program.base_demand_charge_per_kw
+    if kind == "price":
+        value = payload
+    elif kind == "priceRelative":
+        value = base + payload
+    elif kind == "priceMultiplier":
+        if payload < 0:
+            raise EventError(field_name, f"a multiplier must be >= 0, got {payload:g}")
+        value = base * payload
+    else:
+        raise EventError(field_name.rsplit(".intervals", 1)[0] + ".signal_type",
+                         f"a demand charge of type {kind!r} is not understood")
+    if value < 0:
+        raise EventError(field_name, f"a demand charge must be >= 0 per kW, got {value:g}"
+                         + (f" ({base:g} {payload:+g})" if kind == "priceRelative" else ""))
+    return value
+
+
+def _charge(node: str, start: datetime, end: datetime, per_kw: float, ref: str,
+            received_at: datetime, field_name: str) -> DemandCharge:
+    try:
+        return DemandCharge(node_id=node, start=start, end=end, price_per_kw=per_kw,
+                            source=SOURCE, source_ref=ref, received_at=received_at)
     except ModelError as err:
         raise EventError(field_name, err.message) from err
 

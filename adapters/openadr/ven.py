@@ -1,4 +1,5 @@
-"""The OpenADR 2.0b VEN: registers with the DSO's VTN, turns events into constraints, reports.
+"""The OpenADR 2.0b VEN: registers with the DSO's VTN, turns events into constraints, prices
+and demand charges in the constraint book, reports.
 
 Built on openleadr's ``OpenADRClient``, with workarounds for its defects (each has a
 regression test in ``tests/adapters/openadr/test_ven.py``):
@@ -314,7 +315,8 @@ class Ven:
         if not plan.nodes:
             decision = OptDecision(False, "not applicable: no configured grid node for the "
                                           "event's targets")
-        elif plan.unsupported and not plan.constraints and not plan.prices:
+        elif plan.unsupported and not (plan.constraints or plan.prices
+                                       or plan.demand_charges):
             decision = OptDecision(False, "not applicable: unsupported signal(s) "
                                           + ", ".join(plan.unsupported))
         else:
@@ -324,6 +326,7 @@ class Ven:
         if apply:
             self.book.publish(SOURCE, plan.scope, plan.constraints, now)
             self.book.publish_prices(SOURCE, plan.scope, plan.prices, now)
+            self.book.publish_demand_charges(SOURCE, plan.scope, plan.demand_charges, now)
             self._arm_end_timer(plan)
         else:
             self._withdraw(plan.event_id, f"opted out: {decision.reason}")

@@ -13,7 +13,7 @@ from aggregator.constraints import (
     ConstraintBook,
     SafeDefault,
 )
-from aggregator.model import GridConstraint, ModelError, PriceSignal
+from aggregator.model import DemandCharge, GridConstraint, ModelError, PriceSignal
 from aggregator.scenario import Scenario
 
 T0 = datetime(2026, 11, 21, 16, tzinfo=UTC)
@@ -146,6 +146,48 @@ def test_prices_are_published_per_scope_and_withdrawn_with_it() -> None:
     assert [c.kind for c in book.journal] == [ChangeKind.PRICES, ChangeKind.WITHDRAWN]
 
 
+def peak(source: str, ref: str, start: datetime, end: datetime, price_per_kw: float = 8.0,
+         *, node: str = "site-a") -> DemandCharge:
+    return DemandCharge(node_id=node, start=start, end=end, price_per_kw=price_per_kw,
+                        source=source, source_ref=ref, received_at=T0)
+
+
+def test_demand_charges_are_published_replaced_and_withdrawn_per_scope() -> None:
+    """Like prices: a scope's charges are replaced by its next publication (a repeat is no
+    change), journaled as a price change, and dropped when the event is withdrawn."""
+    book = ConstraintBook(started_at=T0)
+    changes: list[BookChange] = []
+    book.subscribe(changes.append)
+    first = peak("openadr", "event dc mod 0", T0, T0 + H, 8.0)
+    book.publish_demand_charges("openadr", "event:dc", [first], at=T0)
+    book.publish_demand_charges("openadr", "event:dc", [first], at=T0)  # a re-poll
+    assert book.demand_charges(T0 + H / 2, T0 + 2 * H) == [first]
+    assert book.demand_charges(T0 + H, T0 + 2 * H) == []
+    second = peak("openadr", "event dc mod 1", T0, T0 + 2 * H, 12.0)
+    book.publish_demand_charges("openadr", "event:dc", [second], at=T0)
+    book.publish_demand_charges("iec61850", "other", [peak("iec61850", "x", T0, T0 + H)],
+                                at=T0)
+    assert [c.source_ref for c in book.demand_charges(T0, T0 + H)] == ["event dc mod 1", "x"]
+    book.withdraw("openadr", "event:dc", at=T0, reason="cancelled")
+    assert [c.source for c in book.demand_charges(T0, T0 + 2 * H)] == ["iec61850"]
+    assert [(c.kind, c.reason) for c in changes] == [
+        (ChangeKind.PRICES, "1 demand charge(s)"), (ChangeKind.PRICES, "1 demand charge(s)"),
+        (ChangeKind.PRICES, "1 demand charge(s)"), (ChangeKind.WITHDRAWN, "cancelled")]
+    book.publish_demand_charges("iec61850", "other", [], at=T0)  # publishing none drops them
+    assert book.demand_charges(T0, T0 + 2 * H) == []
+
+
+def test_demand_charges_of_another_source_or_type_are_refused() -> None:
+    """The book keeps provenance honest: a charge is published by its own source."""
+    book = ConstraintBook(started_at=T0)
+    with pytest.raises(ModelError, match="demand_charges"):
+        book.publish_demand_charges("openadr", "x", [peak("iec61850", "r", T0, T0 + H)], at=T0)
+    with pytest.raises(ModelError, match="demand_charges: expected DemandCharge"):
+        book.publish_demand_charges("openadr", "x", [cap("openadr", "r", T0, T0 + H,
+                                                         import_kw=1)], at=T0)  # type: ignore[list-item]
+    assert book.journal == ()
+
+
 def test_context_for_adds_the_books_limits_on_known_nodes(shipped_scenario: Scenario) -> None:
     book = ConstraintBook(started_at=shipped_scenario.start)
     start = shipped_scenario.start
@@ -159,6 +201,22 @@ def test_context_for_adds_the_books_limits_on_known_nodes(shipped_scenario: Scen
     assert planned.constraints[:-1] == shipped_scenario.constraints
     assert planned.constraints[-1].source_ref == "known"
     assert planned.prices[-1] == price and planned.sessions == shipped_scenario.sessions
+    assert planned.demand_charges == shipped_scenario.demand_charges
+
+
+def test_context_for_adds_the_books_demand_charges_on_known_nodes(
+        shipped_scenario: Scenario) -> None:
+    """Charges over the horizon on nodes of the tree are planned; one on an unknown node or
+    one after the horizon is not."""
+    start, end = shipped_scenario.start, shipped_scenario.end
+    site = next(n.node_id for n in shipped_scenario.tree.nodes if n.kind.value == "site")
+    book = ConstraintBook(started_at=start)
+    known = peak("openadr", "known", start, start + H, node=site)
+    book.publish_demand_charges("openadr", "e", [
+        known, peak("openadr", "elsewhere", start, start + H, node="zz"),
+        peak("openadr", "later", end, end + H, node=site)], at=start)
+    planned = book.context_for(shipped_scenario)
+    assert planned.demand_charges == (*shipped_scenario.demand_charges, known)
 
 
 def test_a_failing_listener_neither_loses_the_limit_nor_stops_the_others() -> None:

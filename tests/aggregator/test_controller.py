@@ -19,6 +19,7 @@ from aggregator.constraints import ConstraintBook
 from aggregator.controller import Controller, ControllerSettings
 from aggregator.ledger import Ledger
 from aggregator.model import (
+    DemandCharge,
     Evse,
     GridConstraint,
     GridNode,
@@ -251,6 +252,54 @@ def test_a_polled_limit_renewed_unchanged_does_not_trigger_a_plan_but_a_new_valu
     book.publish("openadr", "event:e1", [site_cap(12.0, start=T0 + timedelta(minutes=3))],
                  at=T0 + timedelta(minutes=3))
     assert [t.kind for t in controller._pending] == ["constraint", "constraint"]
+
+
+def test_a_demand_charge_in_the_book_triggers_a_plan_with_a_lower_site_peak() -> None:
+    """Three EVs wanting 20 kWh in 4 h charge at 33 kW at first; once the book holds a
+    demand charge on the site's peak, the controller re-plans (a "prices" trigger) and
+    spreads the energy evenly over the horizon: the peak is the mean, under half of 33 kW."""
+    controller, stations, _, book = rig()
+    for evse in (1, 2, 3):
+        plug(controller, evse)
+    asyncio.run(controller.replan())
+    before = stations.sent[-1].power_kw.sum(axis=1).max()
+    charge = DemandCharge(node_id="site", start=T0, end=T0 + timedelta(hours=4),
+                          price_per_kw=5.0, source="openadr", source_ref="event dc mod 0",
+                          received_at=T0)
+    book.publish_demand_charges("openadr", "event:dc", [charge], at=T0)
+    assert [t.kind for t in controller._pending] == ["prices"]
+    plan = asyncio.run(controller.replan())
+    site_load = stations.sent[-1].power_kw.sum(axis=1)
+    assert before == pytest.approx(33.0)
+    assert site_load.max() == pytest.approx(site_load.mean(), rel=1e-6)
+    assert site_load.max() < before / 2
+    assert plan.unmet_kwh == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_replan_inside_a_demand_charge_window_keeps_the_peak_already_reached() -> None:
+    """An hour into a 4 h window the site has run at the plan's peak; the next plan gets
+    that as the window's floor (it pays only for more), instead of a fresh charge on the
+    remaining hours that would make finishing the energy look dear."""
+    controller, stations, clock, book = rig()
+    charge = DemandCharge(node_id="site", start=T0, end=T0 + timedelta(hours=4),
+                          price_per_kw=5.0, source="openadr", source_ref="event dc mod 0",
+                          received_at=T0)
+    book.publish_demand_charges("openadr", "event:dc", [charge], at=T0)
+    for evse in (1, 2, 3):
+        plug(controller, evse)
+    asyncio.run(controller.replan())
+    ran = stations.sent[-1].power_kw.sum(axis=1)
+    assert controller.scenario_at(T0).demand_charges[0].peak_reached_kw == 0.0
+    clock.now = T0 + timedelta(hours=1)
+    (later,) = controller.scenario_at(clock.now).demand_charges
+    first_hour = ran[ran.index < T0 + timedelta(hours=1)]
+    assert later.peak_reached_kw == pytest.approx(first_hour.max(), rel=1e-6)
+    assert later.peak_reached_kw > 0
+    assert later.price_per_kw == charge.price_per_kw and later.source_ref == charge.source_ref
+    # outside the window, nothing has been reached
+    clock.now = T0 + timedelta(hours=5)
+    assert all(c.peak_reached_kw == 0.0 for c in controller.scenario_at(clock.now)
+               .demand_charges)
 
 
 def test_a_plan_below_the_minimum_current_is_expected_as_zero_not_as_a_deviation() -> None:

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from aggregator.model import (
+    DemandCharge,
     Evse,
     GridConstraint,
     GridNode,
@@ -281,6 +282,47 @@ def test_node_load_validation_names_the_field(overrides: dict[str, Any],
 
 def test_node_load_may_be_negative_generation() -> None:
     assert NodeLoad("site-a", T0, T0 + hours(1), -12.5).load_kw == -12.5
+
+
+# --- DemandCharge ------------------------------------------------------------------------
+
+def demand_charge(**overrides: Any) -> DemandCharge:
+    values: dict[str, Any] = {
+        "node_id": "site-a", "start": T0, "end": T0 + hours(4), "price_per_kw": 8.5,
+        "source": "openadr", "source_ref": "event dc-1 mod 0", "received_at": T0 - hours(1)}
+    values.update(overrides)
+    return DemandCharge(**values)
+
+
+@pytest.mark.parametrize(("overrides", "field_name"), [
+    ({"node_id": ""}, "node_id"),
+    ({"start": NAIVE}, "start"),
+    ({"end": NAIVE + hours(4)}, "end"),
+    ({"end": T0}, "end"),
+    ({"price_per_kw": -0.01}, "price_per_kw"),
+    ({"price_per_kw": float("nan")}, "price_per_kw"),
+    ({"price_per_kw": float("inf")}, "price_per_kw"),
+    ({"price_per_kw": "8"}, "price_per_kw"),
+    ({"price_per_kw": True}, "price_per_kw"),
+    ({"source": " "}, "source"),
+    ({"source_ref": None}, "source_ref"),
+    ({"received_at": PLUS_ONE.replace(tzinfo=ZoneInfo("Europe/Amsterdam"))}, "received_at"),
+])
+def test_demand_charge_validation_names_the_field(overrides: dict[str, Any],
+                                                  field_name: str) -> None:
+    """A negative or non-finite price per kW, a bad window or provenance is refused."""
+    expect_field(field_name, lambda: demand_charge(**overrides))
+
+
+def test_demand_charge_is_frozen_utc_and_touches_half_open_windows() -> None:
+    """A zero-offset time becomes UTC; the window is ``[start, end)``; a price of 0 is valid."""
+    charge = demand_charge(start=T0.replace(tzinfo=timezone(timedelta(0))), price_per_kw=0)
+    assert charge.start == T0 and charge.start.tzinfo is UTC and charge.price_per_kw == 0
+    assert charge.touches(T0 + hours(3), T0 + hours(5))
+    assert not charge.touches(T0 + hours(4), T0 + hours(5))
+    assert not charge.touches(T0 - hours(1), T0)
+    with pytest.raises(AttributeError):
+        charge.price_per_kw = 1.0  # type: ignore[misc]
 
 
 # --- GridNode and GridTree ------------------------------------------------------------------

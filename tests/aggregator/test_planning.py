@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from aggregator.model import (
+    DemandCharge,
     Evse,
     GridConstraint,
     GridNode,
@@ -274,6 +275,46 @@ def test_base_loads_are_interval_averaged() -> None:
     np.testing.assert_allclose(problem.node_base_load_kw[NODE_ROW["feeder"]], [5.0] * N_T)
     np.testing.assert_allclose(problem.subtree_base_load_kw()[NODE_ROW["feeder"]],
                                [5 + 50, 5 + 10, 5, 5, 5, 5, 5, 5 - 8])
+
+
+# --- demand charges -------------------------------------------------------------------------
+
+def demand_charge(node_id: str, start: datetime, end: datetime, price_per_kw: float,
+                  ref: str) -> DemandCharge:
+    return DemandCharge(node_id=node_id, start=start, end=end, price_per_kw=price_per_kw,
+                        source="openadr", source_ref=ref, received_at=T0 - timedelta(hours=1))
+
+
+def test_demand_charges_become_peak_windows_over_the_intervals_they_touch() -> None:
+    """12:20-13:00 touches intervals 1-3; 13:50-15:00 touches interval 7 and is clipped at
+    the horizon; 10:00-12:00 ends where the horizon starts and is left out."""
+    charges = (demand_charge("site-a", at(12, 20), at(13), 4.0, "dc-site"),
+               demand_charge("feeder", at(13, 50), at(15), 2.5, "dc-feeder"),
+               demand_charge("site-b", at(10), at(12), 9.0, "dc-before"))
+    problem, index = build_problem(scenario(demand_charges=charges))
+    assert problem.peak_node.tolist() == [NODE_ROW["site-a"], NODE_ROW["feeder"]]
+    assert problem.peak_start.tolist() == [1, 7] and problem.peak_end.tolist() == [4, 8]
+    assert problem.peak_price_per_kw.tolist() == [4.0, 2.5]
+    assert index.peak_sources == charges[:2]
+    assert build_problem(scenario())[0].n_peaks == 0
+
+
+def test_a_demand_charge_lowers_the_planned_peak_of_its_node() -> None:
+    """Two EVs on site-a want 6 kWh each within the two hours.  Flat prices: the plan
+    charges both at 11 kW first; with 1 per kW on site-a's peak it spreads the same
+    energy to a flat 12 / 0.95 / 2 = 6.3 kW and the schedule reports the charge."""
+    sessions = (session("s-1", "A-01", T0, at(14)), session("s-2", "A-02", T0, at(14)))
+    plain_problem, plain_index = build_problem(scenario(sessions=sessions))
+    plain = to_schedule(solve(plain_problem), plain_problem, plain_index)
+    charge = demand_charge("site-a", T0, at(14), 1.0, "dc-site")
+    problem, index = build_problem(scenario(sessions=sessions, demand_charges=(charge,)))
+    charged = to_schedule(solve(problem), problem, index)
+    plain_peak = plain.node_load_kw(TREE, "site-a").max()
+    peak = charged.node_load_kw(TREE, "site-a").max()
+    assert plain_peak == pytest.approx(22.0)
+    assert peak == pytest.approx(12 / 0.95 / 2, abs=1e-6)
+    assert charged.unmet_kwh.sum() == pytest.approx(plain.unmet_kwh.sum(), abs=1e-9)
+    assert charged.solver_stats["demand_charge_cost"] == pytest.approx(peak, abs=1e-6)
 
 
 # --- sessions ----------------------------------------------------------------------------

@@ -335,3 +335,22 @@ def test_settlement_comes_from_the_ledger_and_agrees_with_the_plant() -> None:
     assert result.kpis["meter_gaps"] == 2
     assert result.kpis["settled_export_kwh"] == pytest.approx(
         result.kpis["discharged_kwh"], abs=0.0011 * 3)
+
+
+def test_a_demand_charge_flattens_the_metered_peak_and_is_costed() -> None:
+    """A tariff of 10 per kW on the site's peak over the whole run: the re-plans keep the
+    peak already reached (they pay only for more), so the energy is still delivered, the
+    metered peak is lower than without the charge, and the replay costs that peak."""
+    free_current = BASE.replace("max_import_kw: 11", "max_import_kw: 11, min_current_a: 0")
+    settings = "replay: {strategy: lp, session_defaults: {dwell_hours: 4, energy_kwh: 15}}\n"
+    charge = ("demand_charges:\n  - {node: site, start: 2026-11-21T04:00:00Z,"
+              " end: 2026-11-21T08:00:00Z, price_per_kw: 10}\n")
+    charged = replay(parse_replay(free_current + charge + settings))
+    free = replay(parse_replay(free_current + settings))
+    peak = charged.kpis["peak_kw[site]"]
+    assert peak < free.kpis["peak_kw[site]"] - 1.0
+    assert charged.kpis["energy_delivered_pct"] >= 99.5
+    assert charged.kpis["demand_charge_cost"] == pytest.approx(10 * peak, abs=0.01)
+    assert charged.kpis["total_cost"] == pytest.approx(
+        charged.kpis["cost"] + charged.kpis["demand_charge_cost"], abs=0.002)
+    assert free.kpis["demand_charge_cost"] == 0.0

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from aggregator.model import OcppVersion
+from aggregator.model import DemandCharge, OcppVersion
 from aggregator.scenario import PlanSettings, Scenario
 from aggregator.scenario_file import (
     DOCUMENT,
@@ -445,7 +445,8 @@ REQUIRED = {"": {"name", "start", "intervals", "nodes", "evses"}, "nodes": {"id"
                          "max_charge_kw", "energy_kwh", "target_soc"},
             "constraints": {"node", "start", "end"},
             "prices": {"start", "end", "import_per_kwh", "export_per_kwh"},
-            "loads": {"node", "start", "end", "load_kw"}, "settings": set()}
+            "loads": {"node", "start", "end", "load_kw"}, "settings": set(),
+            "demand_charges": {"node", "start", "end", "price_per_kw"}}
 
 
 def mapping_slots(node: Node, section: str,
@@ -574,3 +575,77 @@ def test_a_generator_pool_must_name_free_evses() -> None:
                                          "            evses: [e2, e1]}"))
     assert caught.value.path == "generator.evses[1]"
     assert "has listed sessions" in caught.value.reason
+
+
+# --- demand charges ---------------------------------------------------------------------------
+
+# BASE has 41 lines; this section follows it (line 42 is "demand_charges:").
+DEMAND_CHARGES = """\
+demand_charges:
+  - node: site-a
+    start: 2026-11-20T12:00:00Z
+    end: 2026-11-20T13:00:00Z
+    price_per_kw: 9.5
+"""
+WITH_CHARGES = BASE + DEMAND_CHARGES
+
+
+def test_demand_charges_are_read_with_scenario_provenance() -> None:
+    """Each entry becomes a ``DemandCharge`` from the source "scenario", referenced by its
+    path and received at the scenario's start; without the section there are none."""
+    scenario = parse_scenario(WITH_CHARGES)
+    start = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    assert scenario.demand_charges == (DemandCharge(
+        node_id="site-a", start=start, end=start + timedelta(hours=1), price_per_kw=9.5,
+        source="scenario", source_ref="demand_charges[0]", received_at=start),)
+    assert parse_scenario(BASE).demand_charges == ()
+    assert parse_scenario(BASE + "demand_charges:\n").demand_charges == ()
+    as_json = json.dumps(yaml.safe_load(WITH_CHARGES), default=str)
+    assert parse_scenario(as_json).demand_charges == scenario.demand_charges
+
+
+@pytest.mark.parametrize(("old", "new", "path", "line", "reason"), [
+    ("node: site-a", "node: site-z", "demand_charges[0].node", 43, "unknown grid node"),
+    ("node: site-a", "node: A-01", "demand_charges[0].node", 43, "unknown grid node 'A-01'"),
+    ("price_per_kw: 9.5", "price_per_kw: -1", "demand_charges[0].price_per_kw", 46,
+     "must be >= 0"),
+    ("price_per_kw: 9.5", "price_per_kw: .inf", "demand_charges[0].price_per_kw", 46,
+     "finite"),
+    ("price_per_kw: 9.5", "price_per_kw: '9.5'", "demand_charges[0].price_per_kw", 46,
+     "expected a number"),
+    ("    price_per_kw: 9.5\n", "", "demand_charges[0].price_per_kw", 43,
+     "missing required key"),
+    ("end: 2026-11-20T13:00:00Z", "end: 2026-11-20T11:00:00Z", "demand_charges[0].end", 45,
+     "must be after start"),
+    ("end: 2026-11-20T13:00:00Z", "end: 2026-11-20T13:00:00", "demand_charges[0].end", 45,
+     "no UTC offset"),
+    ("price_per_kw: 9.5", "price_per_kw: 9.5\n    ref: tariff", "demand_charges[0].ref", 47,
+     "unknown key"),
+    (DEMAND_CHARGES, "demand_charges: 9.5\n", "demand_charges", 42, "expected a list"),
+])
+def test_a_bad_demand_charge_names_its_field_and_line(old: str, new: str, path: str, line: int,
+                                                      reason: str) -> None:
+    """Errors point at the entry's key and line like every other section."""
+    assert DEMAND_CHARGES.count(old) == 1, old
+    err = expect_error(BASE + DEMAND_CHARGES.replace(old, new))
+    assert (err.path, err.line) == (path, line), err
+    assert reason in err.reason
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["node", "start", "end", "price_per_kw"]), replacement_nodes)
+def test_fuzz_demand_charge_values(key: str, new: Node) -> None:
+    """Any value in any key of a demand charge gives a scenario or an error at that key
+    (a start moved past the end is reported at the end, as for every window)."""
+    root = yaml.compose(WITH_CHARGES, Loader=yaml.SafeLoader)
+    assert isinstance(root, MappingNode)
+    entry = next(v for k, v in root.value if k.value == "demand_charges").value[0]
+    index = next(i for i, (k, _) in enumerate(entry.value) if k.value == key)
+    entry.value[index] = (entry.value[index][0], new)
+    outcome = check_outcome(yaml.serialize(root, Dumper=dumper))
+    if isinstance(outcome, ScenarioError):
+        allowed = (key, "end") if key == "start" else (key,)
+        assert outcome.path in [f"demand_charges[0].{k}" for k in allowed], outcome
+    else:
+        [charge] = outcome.demand_charges
+        assert charge.price_per_kw >= 0 and charge.start < charge.end

@@ -39,7 +39,8 @@ def make_problem(n_intervals: int = 8, **overrides: Any) -> FlexProblem:
 @st.composite
 def problems(draw: st.DrawFn, *, max_sessions: int = 6, sites: tuple[int, int] = (1, 3),
              min_minimum_kw: float = 0.0) -> FlexProblem:
-    """Random small problems: a feeder over 1-3 sites, caps, base loads, V2G, setpoints."""
+    """Random small problems: a feeder over 1-3 sites, caps, base loads, V2G, setpoints,
+    and up to two demand-charge windows on any node (price 0 included)."""
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     n_t = draw(st.integers(2, 10))
     n_sites = draw(st.integers(*sites))
@@ -74,6 +75,10 @@ def problems(draw: st.DrawFn, *, max_sessions: int = 6, sites: tuple[int, int] =
     price_import = rng.uniform(-0.05, 0.6, size=n_t)
     price_export = rng.uniform(0.0, 0.5, size=n_t)
     minimum = rng.uniform(min_minimum_kw, 4.5, size=n_evses)
+    n_peaks = int(rng.integers(0, 3))
+    peak_start = rng.integers(0, n_t, size=n_peaks)
+    peak_end = peak_start + 1 + rng.integers(0, n_t - peak_start)
+    peak_price = np.where(rng.random(n_peaks) < 0.2, 0.0, rng.uniform(0.0, 2.0, size=n_peaks))
     problem = FlexProblem(
         interval_h=float(draw(st.sampled_from([0.25, 0.5, 1.0]))), node_parent=parent,
         node_import_max_kw=cap_import, node_export_max_kw=cap_export, node_base_load_kw=base,
@@ -89,7 +94,9 @@ def problems(draw: st.DrawFn, *, max_sessions: int = 6, sites: tuple[int, int] =
         session_charge_efficiency=rng.uniform(0.85, 1.0, size=n_sessions),
         session_discharge_efficiency=rng.uniform(0.85, 1.0, size=n_sessions),
         import_price_per_kwh=price_import, export_price_per_kwh=price_export,
-        degradation_cost_per_kwh=float(rng.uniform(0.0, 0.05)))
+        degradation_cost_per_kwh=float(rng.uniform(0.0, 0.05)),
+        peak_node=rng.integers(0, n_nodes, size=n_peaks), peak_start=peak_start,
+        peak_end=peak_end, peak_price_per_kw=peak_price)
     if draw(st.booleans()):  # degenerate prices: everything ties but for the tie-break
         problem = replace(problem, import_price_per_kwh=np.zeros(n_t),
                           export_price_per_kwh=np.zeros(n_t))

@@ -193,6 +193,21 @@ def test_solution_is_filled_like_the_lp() -> None:
                                solution.unmet_kwh))
 
 
+def test_rules_ignore_demand_charges_but_their_objective_pays_them() -> None:
+    """A rule's schedule does not move for a demand charge, but its objective adds price
+    x peak, so it stays comparable with the LP's (which would flatten the peak)."""
+    p = make_problem()
+    charged = replace(p, peak_node=np.array([1]), peak_start=np.array([0]),
+                      peak_end=np.array([8]), peak_price_per_kw=np.array([2.0]))
+    for rule in RULES:
+        plain, priced = solve_rule(p, rule), solve_rule(charged, rule)
+        np.testing.assert_array_equal(priced.charge_kw, plain.charge_kw)
+        peak_kw = node_flow_kw(p, plain.power_kw)[1].max()
+        assert priced.stats["demand_charge_cost"] == pytest.approx(2.0 * peak_kw)
+        assert priced.objective == pytest.approx(plain.objective + 2.0 * peak_kw)
+        assert solve_lp(charged).objective <= priced.objective + 1e-9
+
+
 def test_unknown_rule_is_refused() -> None:
     with pytest.raises(ValueError, match="rule: expected one of"):
         solve_rule(make_problem(), "fifo")  # type: ignore[arg-type]
@@ -352,11 +367,13 @@ def test_the_lp_is_never_worse_than_a_rule_that_keeps_the_caps(p: FlexProblem) -
 @PROPERTY
 @given(problems())
 def test_the_lp_delivers_at_least_as_much_energy(p: FlexProblem) -> None:
-    """Minimum power off and setpoints off (a setpoint penalty may outweigh unmet energy):
-    the LP never leaves more kWh unmet than a rule whose schedule keeps the caps."""
+    """Minimum power, setpoints and demand charges off (a setpoint penalty or a price per
+    kW of peak may outweigh unmet energy): the LP never leaves more kWh unmet than a rule
+    whose schedule keeps the caps."""
     t = p.n_intervals
     p = replace(p, evse_min_kw=np.zeros(p.n_evses), node_setpoint_kw=np.full((p.n_nodes, t),
-                                                                              np.nan))
+                                                                              np.nan),
+                peak_price_per_kw=np.zeros(p.n_peaks))
     lp = solve_lp(p)
     if not lp.ok:
         return

@@ -9,7 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from optimizer.lp import build_lp, solve_lp
+from optimizer.problem import FlexProblem
 from optimizer.solution import Status
+from optimizer.verdict import node_flow_kw
 from tests.optimizer.conftest import check_invariants, make_problem, problems
 
 
@@ -167,3 +169,115 @@ def test_time_limit_is_honoured_without_crashing() -> None:
     solution = solve_lp(replace(p), time_limit_s=1e-6)
     assert solution.status in (Status.OPTIMAL, Status.FEASIBLE, Status.ERROR)
     check_invariants(p, solution)
+
+
+def whole_horizon_charge(price_per_kw: float, node: int = 0, t: int = 4) -> dict[str, object]:
+    """One demand-charge window over the whole horizon on ``node``."""
+    return dict(peak_node=np.array([node]), peak_start=np.array([0]), peak_end=np.array([t]),
+                peak_price_per_kw=np.array([price_per_kw]))
+
+
+def test_demand_charge_flattens_the_peak_and_is_paid_per_kw() -> None:
+    """10 kWh at <= 7 kW, two cheap hours (0.1) then two dear ones (0.3).  Without a charge:
+    7 + 3 kW in the cheap hours.  With a peak z the cheap hours hold 2z kWh: for z < 5 the
+    cost is 3 - 0.4 z + price z, so at 0.2 per kW z = 5 (5 + 5 kW, energy 1.0), and at 1.0
+    per kW the flattest plan z = 2.5 over all four hours wins (energy 2.0).  Same energy,
+    lower peak, and the objective adds price x peak."""
+    fields = one_session([0.1, 0.1, 0.3, 0.3])
+    plain = solve_lp(FlexProblem(**fields))  # type: ignore[arg-type]
+    np.testing.assert_allclose(plain.power_kw[0], [7.0, 3.0, 0.0, 0.0], atol=1e-6)
+    for price, profile, energy_cost in ((0.2, [5.0, 5.0, 0.0, 0.0], 1.0),
+                                        (1.0, [2.5, 2.5, 2.5, 2.5], 2.0)):
+        p = FlexProblem(**fields, **whole_horizon_charge(price))  # type: ignore[arg-type]
+        solution = solve_lp(p)
+        assert solution.status == Status.OPTIMAL
+        check_invariants(p, solution)
+        np.testing.assert_allclose(solution.power_kw[0], profile, atol=1e-6)
+        assert solution.unmet_kwh[0] == pytest.approx(0.0, abs=1e-9)  # the same 10 kWh
+        peak_kw = max(profile)
+        assert peak_kw < plain.power_kw.max()
+        assert solution.stats["demand_charge_peak_kw"] == [pytest.approx(peak_kw, abs=1e-6)]
+        assert solution.stats["demand_charge_cost"] == pytest.approx(price * peak_kw, abs=1e-6)
+        assert solution.stats["cost_terms"]["import_cost"] == pytest.approx(energy_cost,
+                                                                            abs=1e-6)
+        assert solution.objective == pytest.approx(energy_cost + price * peak_kw, abs=1e-4)
+
+
+def test_the_peak_counts_the_base_load_of_the_node() -> None:
+    """4 kW of base load in hour 0 sets the peak floor: the EV stays off in hour 0 and
+    charges at most 4 kW later, so the net import never exceeds the base load's 4 kW."""
+    base = np.zeros((1, 4))
+    base[0, 0] = 4.0
+    fields = one_session([0.1] * 4, node_base_load_kw=base)
+    plain = solve_lp(FlexProblem(**fields))  # type: ignore[arg-type]
+    assert plain.power_kw[0, 0] == pytest.approx(7.0)  # the tie-break prefers early power
+    p = FlexProblem(**fields, **whole_horizon_charge(1.0))  # type: ignore[arg-type]
+    solution = solve_lp(p)
+    net = node_flow_kw(p, solution.power_kw)[0]
+    assert solution.power_kw[0, 0] == pytest.approx(0.0, abs=1e-6)
+    assert net.max() == pytest.approx(4.0, abs=1e-6)
+    assert solution.unmet_kwh[0] == pytest.approx(0.0, abs=1e-9)
+    assert solution.stats["demand_charge_cost"] == pytest.approx(4.0, abs=1e-6)
+    # base load cost 0.1 x 4 kWh, EV energy 0.1 x 10 kWh, peak 1.0 x 4 kW
+    assert solution.objective == pytest.approx(0.4 + 1.0 + 4.0, abs=1e-4)
+
+
+def test_a_window_in_which_the_node_only_exports_costs_nothing() -> None:
+    """Net export is not demand: with PV above any EV load the peak column stays at 0."""
+    fields = one_session([0.1] * 4, node_base_load_kw=np.full((1, 4), -10.0))
+    p = FlexProblem(**fields, **whole_horizon_charge(5.0))  # type: ignore[arg-type]
+    solution = solve_lp(p)
+    assert solution.stats["demand_charge_peak_kw"] == [0.0]
+    assert solution.stats["demand_charge_cost"] == 0.0
+    assert solution.unmet_kwh[0] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_zero_demand_charge_changes_nothing() -> None:
+    """Price 0: the peak column is free, the schedule and objective are the plain LP's."""
+    p = make_problem()
+    charged = replace(p, **whole_horizon_charge(0.0, node=0, t=8))  # type: ignore[arg-type]
+    plain, with_zero = solve_lp(p), solve_lp(charged)
+    np.testing.assert_allclose(with_zero.power_kw, plain.power_kw, atol=1e-7)
+    assert with_zero.objective == pytest.approx(plain.objective, rel=1e-9, abs=1e-9)
+    assert with_zero.stats["demand_charge_cost"] == 0.0
+
+
+def test_build_adds_one_peak_column_and_one_row_per_window_interval() -> None:
+    """A 4-interval window on the site and a 1-interval one on the feeder: 2 columns,
+    5 rows, each row holding the window's peak column with -1."""
+    p = make_problem()
+    windows = replace(p, peak_node=np.array([1, 0]), peak_start=np.array([2, 7]),
+                      peak_end=np.array([6, 8]), peak_price_per_kw=np.array([1.5, 0.5]))
+    plain, model = build_lp(p), build_lp(windows)
+    assert model.n_cols == plain.n_cols + 2 and model.n_rows == plain.n_rows + 5
+    np.testing.assert_array_equal(model.z_col, [plain.n_cols, plain.n_cols + 1])
+    np.testing.assert_array_equal(model.col_cost[model.z_col], [1.5, 0.5])
+    z_entries = model.matrix[:, model.z_col].toarray()
+    assert (z_entries == -1.0).sum(axis=0).tolist() == [4, 1]
+
+
+def test_a_peak_already_reached_is_a_floor_that_costs_nothing_more_to_use() -> None:
+    """The same 10 kWh at 1.0 per kW, but the window already ran at 5 kW before this plan:
+    charging up to 5 kW is free of demand charge, so the plan fills the two cheap hours at
+    5 kW (energy 1.0) instead of flattening to 2.5 kW, and the bill is 1.0 x 5."""
+    fields = one_session([0.1, 0.1, 0.3, 0.3])
+    p = FlexProblem(**fields, **whole_horizon_charge(1.0),  # type: ignore[arg-type]
+                    peak_floor_kw=np.array([5.0]))
+    solution = solve_lp(p)
+    assert solution.status == Status.OPTIMAL
+    check_invariants(p, solution)
+    np.testing.assert_allclose(solution.power_kw[0], [5.0, 5.0, 0.0, 0.0], atol=1e-6)
+    assert solution.stats["demand_charge_peak_kw"] == [pytest.approx(5.0, abs=1e-6)]
+    assert solution.stats["demand_charge_cost"] == pytest.approx(5.0, abs=1e-6)
+    assert solution.objective == pytest.approx(1.0 + 5.0, abs=1e-4)
+
+
+def test_a_negative_or_misshaped_peak_floor_is_refused() -> None:
+    from optimizer.problem import ProblemError
+
+    fields = one_session([0.1, 0.1, 0.3, 0.3])
+    for floor, message in ((np.array([-1.0]), "peak_floor_kw"),
+                           (np.array([1.0, 2.0]), "peak_floor_kw: expected shape")):
+        with pytest.raises(ProblemError, match=message):
+            FlexProblem(**fields, **whole_horizon_charge(1.0),  # type: ignore[arg-type]
+                        peak_floor_kw=floor)

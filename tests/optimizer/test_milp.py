@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from optimizer.heuristics import schedule_objective
 from optimizer.lp import solve_lp
 from optimizer.milp import solve_milp
 from optimizer.problem import FlexProblem
 from optimizer.solution import Solution, Status
+from optimizer.verdict import node_flow_kw
 from tests.optimizer.conftest import check_invariants, make_problem, problems
 
 TOL = 1e-5
@@ -87,3 +91,26 @@ def test_milp_schedules_are_safe_and_bounded_by_the_lp(p: FlexProblem) -> None:
             # fix-and-solve ends in the full neighbourhood unless within 0.5 % of the bound
             slack = 0.005 * max(1.0, abs(lp.objective)) + 1e-6
             assert fix.objective <= exact.objective + slack
+
+
+def test_milp_carries_the_demand_charge() -> None:
+    """Flat prices and a 1.0 per kW charge on the site's peak: the MILP (on the LP's own
+    matrix) lowers the peak below its plan without the charge, reports the charge, and its
+    objective is the LP's objective evaluated on its schedule, peak term included."""
+    plain = make_problem(import_price_per_kwh=np.full(8, 0.2),
+                         export_price_per_kwh=np.zeros(8))
+    p = replace(plain, peak_node=np.array([1]), peak_start=np.array([0]),
+                peak_end=np.array([8]), peak_price_per_kw=np.array([1.0]))
+    without, charged = solve_milp(plain), solve_milp(p)
+    for solution, problem in ((without, plain), (charged, p)):
+        assert solution.ok
+        check_invariants(problem, solution)
+        check_milp_rules(problem, solution)
+    peak_without = node_flow_kw(plain, without.power_kw)[1].max()
+    peak_charged = node_flow_kw(p, charged.power_kw)[1].max()
+    assert peak_charged < peak_without - 1.0
+    assert charged.unmet_kwh.sum() == pytest.approx(without.unmet_kwh.sum(), abs=1e-6)
+    assert charged.stats["demand_charge_cost"] == pytest.approx(peak_charged, rel=1e-6)
+    assert charged.objective == pytest.approx(schedule_objective(
+        p, charged.charge_kw, charged.discharge_kw, charged.unmet_kwh), rel=1e-6)
+    assert charged.objective >= solve_lp(p).objective - 1e-6  # the LP bound holds

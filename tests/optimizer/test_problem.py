@@ -55,3 +55,38 @@ def test_derived_views() -> None:
     assert p.meter_nodes().tolist() == [1]
     tie = p.tie_break_weights()
     assert tie.max() <= 2e-6 and np.all(np.diff(tie, axis=1) > 0)  # earlier is cheaper
+
+
+def one_window(**overrides: Any) -> dict[str, Any]:
+    """A demand charge of 3 per kW on the site (node 1) over intervals 2-5."""
+    fields: dict[str, Any] = {"peak_node": np.array([1]), "peak_start": np.array([2]),
+                              "peak_end": np.array([6]), "peak_price_per_kw": np.array([3.0])}
+    fields.update(overrides)
+    return fields
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"peak_node": np.array([2])}, "peak_node: index out of range"),
+    ({"peak_node": np.array([-1])}, "peak_node: index out of range"),
+    ({"peak_start": np.array([6])}, "peak_start: need 0 <= peak_start < peak_end"),  # empty
+    ({"peak_end": np.array([9])}, "peak_start: need 0 <= peak_start < peak_end <= T"),
+    ({"peak_start": np.array([2.0])}, "peak_start: must be an integer array"),
+    ({"peak_end": np.array([6, 7])}, r"peak_end: expected shape \(1,\)"),
+    ({"peak_price_per_kw": np.array([-1.0])}, "peak_price_per_kw: values must be >= 0"),
+    ({"peak_price_per_kw": np.array([np.inf])}, "peak_price_per_kw: values must be finite"),
+    ({"peak_price_per_kw": np.array([np.nan])}, "peak_price_per_kw: values must be finite"),
+])
+def test_bad_demand_charge_windows_name_the_field(overrides: dict[str, Any],
+                                                  message: str) -> None:
+    """A window off the tree or the horizon, or a negative price (an LP that pays for a
+    higher peak is unbounded), is refused before any solver sees it."""
+    with pytest.raises(ProblemError, match=message):
+        make_problem(**one_window(**overrides))
+
+
+def test_demand_charge_windows_default_to_none_and_mask_their_intervals() -> None:
+    """No demand charge unless given; a given window covers ``[peak_start, peak_end)``."""
+    assert make_problem().n_peaks == 0 and make_problem().peak_mask().shape == (0, 8)
+    p = make_problem(**one_window())
+    assert p.n_peaks == 1
+    assert p.peak_mask().tolist() == [[False, False, True, True, True, True, False, False]]

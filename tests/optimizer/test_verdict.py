@@ -11,6 +11,7 @@ from optimizer.verdict import (
     cost_terms,
     node_flow_kw,
     price_warnings,
+    window_peaks_kw,
 )
 from tests.optimizer.conftest import make_problem
 
@@ -70,3 +71,19 @@ def test_price_warning_only_when_export_beats_import() -> None:
     p = make_problem(import_price_per_kwh=np.full(8, 0.2),
                      export_price_per_kwh=np.array([0.1] * 6 + [0.3] * 2))
     assert "intervals 6-7" in price_warnings(p)[0]
+
+
+def test_window_peaks_are_the_highest_net_import_inside_each_window() -> None:
+    """The site's net import (EV power plus base load) peaks at 9 kW inside intervals 2-4;
+    the 20 kW at interval 6 lies outside; a window where the feeder exports peaks at 0."""
+    base = np.zeros((2, 8))
+    base[1, 3] = 4.0
+    base[0, 7] = -30.0  # PV at the feeder itself
+    p = make_problem(node_base_load_kw=base, peak_node=np.array([1, 0]),
+                     peak_start=np.array([2, 7]), peak_end=np.array([5, 8]),
+                     peak_price_per_kw=np.array([2.0, 1.0]))
+    power = np.zeros((2, 8))
+    power[0, 3], power[0, 4], power[0, 6], power[1, 7] = 5.0, 7.0, 20.0, 11.0
+    assert window_peaks_kw(p, power).tolist() == [9.0, 0.0]
+    terms = cost_terms(p, np.clip(power, 0, None), np.clip(-power, 0, None), np.zeros(2))
+    assert terms["demand_charge_cost"] == pytest.approx(18.0)

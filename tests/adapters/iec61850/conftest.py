@@ -44,6 +44,10 @@ class RecordingSink:
                        at: datetime) -> None:
         self.history.append(("prices", scope, tuple(prices)))
 
+    def publish_demand_charges(self, source: str, scope: str, charges: Sequence[Any],
+                               at: datetime) -> None:
+        self.history.append(("demand_charges", scope, tuple(charges)))
+
     def link_up(self, source: str, at: datetime) -> None:
         self.links.append(("up", "contact"))
 

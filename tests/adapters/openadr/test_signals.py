@@ -1,4 +1,5 @@
-"""OpenADR events to constraints and prices: every signal, timing rule and bad value."""
+"""OpenADR events to constraints, prices and demand charges: every signal, timing rule and
+bad value."""
 
 from __future__ import annotations
 
@@ -140,10 +141,86 @@ def test_prices_absolute_relative_and_multiplier() -> None:
 
 
 def test_unsupported_signals_are_named_not_guessed() -> None:
-    plan = translate(event("DEMAND_CHARGE", "price", (9.0,)), config(), received_at=T0)
-    assert plan.unsupported == ("DEMAND_CHARGE/price",) and plan.constraints == ()
+    plan = translate(event("BID_PRICE", "price", (9.0,)), config(), received_at=T0)
+    assert plan.unsupported == ("BID_PRICE/price",) and plan.constraints == ()
+    assert plan.prices == () and plan.demand_charges == ()
     with pytest.raises(EventError, match=r"event_signals\[0\].signal_type"):
         translate(event("SIMPLE", "setpoint", (1,)), config(), received_at=T0)
+
+
+def test_demand_charge_is_a_charge_per_kw_on_every_target_node_with_provenance() -> None:
+    """Each interval's payload (currency per kW) becomes one ``DemandCharge`` per target
+    node over the interval's window, referenced like the limits; nothing is unsupported."""
+    raw = event("DEMAND_CHARGE", "price", (12.0, 0.0), targets=[{"resource_id": "both"}])
+    plan = translate(raw, config(), received_at=T0)
+    assert [(c.node_id, c.price_per_kw, c.start - T0, c.end - T0)
+            for c in plan.demand_charges] == [
+        ("site-a", 12.0, 0 * M, 15 * M), ("site-b", 12.0, 0 * M, 15 * M),
+        ("site-a", 0.0, 15 * M, 30 * M), ("site-b", 0.0, 15 * M, 30 * M)]
+    first = plan.demand_charges[0]
+    assert first.source == "openadr" and first.received_at == T0
+    assert "event ev-1 mod 3 (oadr://dso/caps) signal DEMAND_CHARGE/price sig-9 interval 0: 12" \
+        in first.source_ref
+    assert "interval 1: 0" in plan.demand_charges[2].source_ref
+    assert plan.constraints == () and plan.prices == () and plan.unsupported == ()
+    assert plan.scope == "event:ev-1"
+
+
+def test_demand_charge_relative_and_multiplier_use_the_program_base() -> None:
+    """priceRelative adds to and priceMultiplier scales ``base_demand_charge_per_kw``; a
+    currency measurement (currencyPerKW) is not a power unit and scales nothing."""
+    cfg = config(programs={"oadr://dso/caps": {"base_demand_charge_per_kw": 10.0}})
+    for kind, payload, expected in (("price", 4.0, 4.0), ("priceRelative", -2.5, 7.5),
+                                    ("priceMultiplier", 1.5, 15.0)):
+        raw = event("DEMAND_CHARGE", kind, (payload,))
+        raw["event_signals"][0]["measurement"] = {"name": "currencyPerKW", "unit": "EUR",
+                                                  "scale": "k"}
+        [charge] = translate(raw, cfg, received_at=T0).demand_charges
+        assert charge.price_per_kw == pytest.approx(expected)
+    assert config().program("oadr://dso/caps").base_demand_charge_per_kw == 0.0
+
+
+@pytest.mark.parametrize(("kind", "payload", "field", "reason"), [
+    ("price", -1.0, "signal_payload", "a demand charge must be >= 0 per kW, got -1"),
+    ("priceRelative", -10.5, "signal_payload", "must be >= 0 per kW, got -0.5 (10 -10.5)"),
+    ("priceMultiplier", -2.0, "signal_payload", "a multiplier must be >= 0"),
+    ("price", float("nan"), "signal_payload", "must be finite"),
+    ("price", float("-inf"), "signal_payload", "must be finite"),
+    ("price", "12", "signal_payload", "must be a number"),
+    ("price", True, "signal_payload", "must be a number"),
+    ("level", 3.0, "signal_type", "a demand charge of type 'level' is not understood"),
+])
+def test_hostile_demand_charge_payloads_are_refused_naming_the_field(
+        kind: str, payload: Any, field: str, reason: str) -> None:
+    """A negative charge would pay the planner for a higher peak, a non-number is no
+    price: the event is refused with the field, never half-applied."""
+    cfg = config(programs={"oadr://dso/caps": {"base_demand_charge_per_kw": 10.0}})
+    raw = event("DEMAND_CHARGE", kind, (1.0,))
+    raw["event_signals"][0]["intervals"][0]["signal_payload"] = payload
+    with pytest.raises(EventError) as caught:
+        translate(raw, cfg, received_at=T0)
+    where = "intervals[0].signal_payload" if field == "signal_payload" else "signal_type"
+    assert caught.value.field == f"event_signals[0].{where}"
+    assert reason in caught.value.message
+
+
+def test_a_test_event_carries_no_demand_charge() -> None:
+    """A drill is logged, never priced: no demand charge reaches the planner."""
+    plan = translate(event("DEMAND_CHARGE", "price", (30.0,), event_descriptor__test_event=True),
+                     config(), received_at=T0)
+    assert plan.test_event and plan.demand_charges == ()
+
+
+def test_price_signals_accept_currency_measurements_but_not_junk() -> None:
+    """Prices are currency per kWh: a currencyPerKWh measurement is read as it is, a
+    measurement that is not a mapping is refused at its field."""
+    raw = event("ELECTRICITY_PRICE", "price", (0.3,))
+    raw["event_signals"][0]["measurement"] = {"name": "currencyPerKWh", "unit": "EUR"}
+    [price] = translate(raw, config(), received_at=T0).prices
+    assert price.import_price_per_kwh == pytest.approx(0.3)
+    raw["event_signals"][0]["measurement"] = "EUR"
+    with pytest.raises(EventError, match=r"event_signals\[0\]\.measurement"):
+        translate(raw, config(), received_at=T0)
 
 
 def test_ramp_up_recovery_and_start_randomisation_shift_the_windows() -> None:
@@ -225,11 +302,12 @@ _values = st.one_of(st.none(), st.integers(-5, 5), st.floats(allow_nan=True), st
     ("event_signals", 0, "intervals"), ("event_signals", 0, "intervals", 0, "signal_payload"),
     ("event_signals", 0, "intervals", 0, "dtstart"),
     ("event_signals", 0, "intervals", 0, "duration")]), value=_values,
-    name=st.sampled_from(["SIMPLE", "LOAD_DISPATCH", "LOAD_CONTROL", "ELECTRICITY_PRICE"]))
+    name=st.sampled_from(["SIMPLE", "LOAD_DISPATCH", "LOAD_CONTROL", "ELECTRICITY_PRICE",
+                          "DEMAND_CHARGE"]))
 def test_fuzzed_events_give_a_plan_or_a_named_error(path: tuple[Any, ...], value: Any,
                                                     name: str) -> None:
     kinds = {"SIMPLE": "level", "LOAD_DISPATCH": "setpoint", "LOAD_CONTROL":
-             "x-loadControlCapacity", "ELECTRICITY_PRICE": "price"}
+             "x-loadControlCapacity", "ELECTRICITY_PRICE": "price", "DEMAND_CHARGE": "price"}
     raw = copy.deepcopy(event(name, kinds[name], (1,)))
     target: Any = raw
     for key in path[:-1]:
@@ -243,6 +321,8 @@ def test_fuzzed_events_give_a_plan_or_a_named_error(path: tuple[Any, ...], value
         for limit in plan.constraints:
             assert limit.start < limit.end
             assert limit.import_max_kw is None or limit.import_max_kw >= 0
+        for charge in plan.demand_charges:
+            assert charge.start < charge.end and charge.price_per_kw >= 0
 
 
 def test_config_errors_name_the_field(tmp_path: Path) -> None:
@@ -258,6 +338,8 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
                        ({"programs": {"p": {"simple_levels_kw": {"7": 1}}}},
                         "openadr.programs.p.simple_levels_kw.7"),
                        ({"programs": {"p": {"mandatory": "yes"}}}, "openadr.programs.p.mandatory"),
+                       ({"programs": {"p": {"base_demand_charge_per_kw": -1}}},
+                        "openadr.programs.p.base_demand_charge_per_kw"),
                        ({"colour": 1}, "openadr.colour")):
         with pytest.raises(ValueError, match=field.replace(".", r"\.")):
             VenConfig.from_mapping(base | bad)

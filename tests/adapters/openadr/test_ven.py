@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from adapters.openadr.config import VenConfig
 from adapters.openadr.ven import NodeTelemetry, Ven
 from adapters.openadr.vtn import Interval, LoopbackVtn
@@ -18,9 +20,10 @@ from aggregator.audit import cap_violations, node_base_load_kw
 from aggregator.constraints import ChangeKind, ConstraintBook, SafeDefault
 from aggregator.dr_events import journal, record_event
 from aggregator.ledger import Ledger
+from aggregator.model import Evse, GridNode, GridTree, NodeKind, Session
 from aggregator.opt_policy import FeasibilityPolicy, OptDecision
 from aggregator.planning import build_problem, explain_binding, to_schedule
-from aggregator.scenario import shift_scenario
+from aggregator.scenario import Scenario, shift_scenario
 from aggregator.scenario_file import load_scenario
 from optimizer import solve
 from tests.aggregator.conftest import SHIPPED_SCENARIO
@@ -372,6 +375,63 @@ async def test_a_dso_event_reaches_the_plan_end_to_end(tmp_path: Path) -> None:
         assert (free + base)[window].max() > 30 + 1e-6
         reasons = " ".join(explain_binding(solution, problem, index))
         assert "openadr event peak mod 0" in reasons
+    finally:
+        await ven.stop()
+        await vtn.stop()
+
+
+@in_loop
+async def test_a_demand_charge_event_lowers_the_planned_peak_end_to_end(tmp_path: Path) -> None:
+    """VTN DEMAND_CHARGE event -> VEN -> a demand charge in the constraint book -> a plan
+    whose peak on the target site is lower than without it; the cancellation withdraws it.
+
+    Two EVs on site-a want 20 kWh each within 4 h: at flat prices the plan runs both at
+    11 kW first; 6 EUR per kW of peak makes it spread the energy over the 4 h.
+    """
+    start = now().replace(minute=0, second=0) + timedelta(days=1)  # the VTN runs on real time
+    hours = timedelta(hours=4)
+    tree = GridTree((GridNode("site-a", NodeKind.SITE),),
+                    tuple(Evse(f"A-0{i}", "site-a", max_import_kw=11.0) for i in (1, 2)))
+    scenario = Scenario(name="tariff", start=start, interval=15 * M, n_intervals=16, tree=tree,
+                        sessions=tuple(Session(f"s-{i}", f"A-0{i}", start, start + hours,
+                                               battery_capacity_kwh=60.0, soc_initial=0.3,
+                                               max_charge_kw=11.0, energy_requested_kwh=20.0)
+                                       for i in (1, 2)))
+    vtn = LoopbackVtn(port=free_port())
+    await vtn.start()
+    book = ConstraintBook(started_at=start)
+    ven = Ven(ven_config(vtn, tmp_path), book, clock=lambda: start - timedelta(hours=1))
+    try:
+        assert await ven.register()
+        vtn.add_event(ven.ven_id or "", "tariff", "DEMAND_CHARGE", "price",
+                      [Interval(start, hours, 6.0)], market_context="oadr://dso/caps",
+                      measurement={"name": "currencyPerKW", "description": "currencyPerKW",
+                                   "unit": "EUR", "scale": "none"})
+        await ven.poll_once()
+        assert vtn.opt_replies == [(ven.ven_id, "tariff", "optIn")]
+        [charge] = book.demand_charges(start, start + hours)
+        assert (charge.node_id, charge.price_per_kw) == ("site-a", 6.0)
+        assert "event tariff mod 0 (oadr://dso/caps) signal DEMAND_CHARGE/price" \
+            in charge.source_ref
+        assert book.journal[-1].kind == ChangeKind.PRICES
+        planned = book.context_for(scenario)
+        assert planned.demand_charges == (charge,)
+
+        def site_peak_kw(case: Scenario) -> tuple[float, dict[str, Any]]:
+            problem, index = build_problem(case)
+            schedule = to_schedule(solve(problem), problem, index)
+            assert float(schedule.unmet_kwh.sum()) == pytest.approx(0.0, abs=1e-6)
+            return float(schedule.node_load_kw(tree, "site-a").max()), dict(
+                schedule.solver_stats)
+
+        plain_peak, _ = site_peak_kw(scenario)
+        peak, stats = site_peak_kw(planned)
+        assert plain_peak == pytest.approx(22.0) and peak < plain_peak / 2
+        assert stats["demand_charge_cost"] == pytest.approx(6.0 * peak, rel=1e-6)
+        vtn.cancel_event(ven.ven_id or "", "tariff")
+        await ven.poll_once()
+        assert book.demand_charges(start, start + hours) == []
+        assert book.context_for(scenario).demand_charges == ()
     finally:
         await ven.stop()
         await vtn.stop()
