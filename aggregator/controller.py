@@ -68,6 +68,7 @@ class Answer(Protocol):
 
 Dispatcher = Callable[[Schedule], Awaitable[Sequence[Answer]]]
 UNREACHABLE = ("NotConnected", "NotMapped")
+USABLE = ("optimal", "feasible")  # a feasible MILP plan (time or gap limit) is dispatched
 RAN_KEPT = timedelta(days=40)
 """How long the load each node ran at is kept for demand charges (a monthly peak fits)."""
 
@@ -213,8 +214,11 @@ class Controller:
                     f"measured {reading.power_kw:.1f} kW against {planned:.1f} kW planned")
             elif planned > 0.0 and gap < 0.0 and reading.power_kw > self.settings.deviation_kw:
                 # an EV charging, but slower than planned, takes what it takes (taper, an
-                # onboard charger smaller than the EVSE); one at 0 may only be late to start
-                self.tracker.limit_ev(reading.evse_id, reading.power_kw)
+                # onboard charger smaller than the EVSE); one at 0 may only be late to start.
+                # Never below the EVSE's minimum: a plan under it is sent as 0, and a car
+                # that tapered once would get nothing for the rest of its stay
+                self.tracker.limit_ev(reading.evse_id, max(
+                    reading.power_kw, self._evses[reading.evse_id].min_power_kw))
             self.request("deviation", f"{reading.evse_id}: measured {reading.power_kw:.1f} kW, "
                                       f"planned {planned:.1f} kW")
 
@@ -259,7 +263,7 @@ class Controller:
         schedule, status, objective = await asyncio.to_thread(self._solve, scenario)
         solve_s = time.perf_counter() - started
         fallback = ""
-        if status != "optimal":
+        if status not in USABLE:
             fallback = f"solver: {status}"
         else:
             broken = cap_violations(scenario, schedule)
@@ -374,8 +378,8 @@ class Controller:
         method = self.settings.method if scenario.sessions else "lp"
         solution = solve(problem, method=method, time_limit_s=self.settings.time_limit_s)
         schedule = to_schedule(solution, problem, index)
-        return schedule, "optimal" if solution.ok else str(solution.status), \
-            float(solution.objective)
+        # "feasible" (a time-limited or gap-limited MILP) is a usable plan, journaled as such
+        return schedule, str(solution.status), float(solution.objective)
 
 
 def planned_kw(schedule: Schedule, evse_id: str, at: datetime) -> float | None:

@@ -27,7 +27,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, cast
 
-import numpy as np
 import pandas as pd
 
 from adapters.ocpp.csms import StationEvent, ev_needs
@@ -56,6 +55,7 @@ STRATEGIES: tuple[str, ...] = ("uncontrolled", "edf", "llf", "round_robin", "lp"
 FaultKind = Literal["link_loss", "station_offline", "meter_gap", "reject_profiles"]
 FAULT_KINDS: tuple[str, ...] = ("link_loss", "station_offline", "meter_gap", "reject_profiles")
 DSO_SOURCES = ("openadr", "ieee2030_5", "iec61850")
+DR_SOURCES = ("openadr",)  # demand-response events, measured against a baseline
 TOLERANCE_KW = 0.01
 
 
@@ -327,13 +327,16 @@ async def _loop(run: ReplayScenario, clock: _Clock, book: ConstraintBook,
             base = sum(x.load_kw for x in scenario.loads if x.start <= t < x.end
                        and (x.node_id == node or node in tree.ancestors(x.node_id)))
             flow = base + sum(load[e] for e in below[node])
-            imp = book.limit_kw(node, "import", t)
-            exp = book.limit_kw(node, "export", t)
+            binding = {r.direction: r for r in book.why(node, t) if r.binding}
+            imp = binding["import"].limit_kw if "import" in binding else None
+            exp = binding["export"].limit_kw if "export" in binding else None
             broke = (imp is not None and flow > imp + TOLERANCE_KW) or (
                 exp is not None and -flow > exp + TOLERANCE_KW)
             violations += broke
             node_rows.append({"at": t, "node": node, "load_kw": flow, "import_cap_kw": imp,
-                              "export_cap_kw": exp, "violation": broke})
+                              "export_cap_kw": exp, "violation": broke,
+                              "import_cap_source": binding["import"].constraint.source
+                              if "import" in binding else None})
         for evse_id, ev in plugged.items():
             evse_rows.append({"at": t, "evse": evse_id, "session": ev.session.session_id,
                               "power_kw": ev.power_kw,
@@ -503,15 +506,16 @@ def _demand_charge_cost(nodes: pd.DataFrame, charged: set[DemandCharge]) -> floa
 
 
 def _dr_delivered(run: ReplayScenario, nodes: pd.DataFrame) -> dict[str, float]:
-    """Energy (kWh) below each DSO-capped node's meter-before baseline while the DSO's
-    limits were in force: what the fleet delivered against the baseline."""
+    """Energy (kWh) below each node's meter-before baseline while a demand-response
+    event's import cap bound it: what the fleet delivered against the baseline.
+    Operating envelopes and schedules (2030.5, 61850, ratings) are limits, not events."""
     from aggregator.baselines import delivered_flexibility_kw, meter_before
 
     if nodes.empty:
         return {"dr_delivered_kwh": 0.0}
     step_h = run.settings.step.total_seconds() / 3600.0
     total = 0.0
-    for window in _dso_windows(nodes):
+    for window in _dr_windows(nodes):
         node, start, end = window
         load = nodes[nodes["node"] == node].set_index("at")["load_kw"]
         load.index = pd.DatetimeIndex(load.index)
@@ -525,23 +529,21 @@ def _dr_delivered(run: ReplayScenario, nodes: pd.DataFrame) -> dict[str, float]:
     return {"dr_delivered_kwh": round(total, 3)}
 
 
-def _dso_windows(nodes: pd.DataFrame) -> list[tuple[str, datetime, datetime]]:
-    """Stretches where a node's import cap was tighter than at the run's start."""
+def _dr_windows(nodes: pd.DataFrame) -> list[tuple[str, datetime, datetime]]:
+    """Stretches where a node's binding import cap came from a DR event source."""
     found: list[tuple[str, datetime, datetime]] = []
     for node, rows in nodes.groupby("node"):
-        caps = rows.set_index("at")["import_cap_kw"].astype(float)
-        first = caps.iloc[0]
-        tighter = caps < (first if not math.isnan(first) else np.inf) - 1e-9
+        source = rows.set_index("at")["import_cap_source"]
         start: datetime | None = None
-        for at, flag in zip(caps.index, tighter, strict=True):
+        for at, name in zip(source.index, source.to_numpy(), strict=True):
             moment = pd.Timestamp(at).to_pydatetime()
-            if flag and start is None:
+            if name in DR_SOURCES and start is None:
                 start = moment
-            elif not flag and start is not None:
+            elif name not in DR_SOURCES and start is not None:
                 found.append((str(node), start, moment))
                 start = None
         if start is not None:
-            found.append((str(node), start, pd.Timestamp(caps.index[-1]).to_pydatetime()))
+            found.append((str(node), start, pd.Timestamp(source.index[-1]).to_pydatetime()))
     return found
 
 

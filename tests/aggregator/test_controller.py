@@ -183,10 +183,10 @@ def test_an_ev_taking_less_than_planned_is_planned_with_what_it_takes() -> None:
     assert planned > 5.0
     clock.now = T0 + timedelta(minutes=2)
     controller.on_samples([MeterSample("cs1", 1, "tx1", clock.now, Measurand.POWER_IMPORT,
-                                       3_700.0, clock.now)])
+                                       7_400.0, clock.now)])  # a 7.4 kW onboard charger
     assert "e1" not in controller.unruly
     asyncio.run(controller.replan())
-    assert stations.sent[-1].power_kw["e1"].max() == pytest.approx(3.7)
+    assert stations.sent[-1].power_kw["e1"].max() == pytest.approx(7.4)
 
 
 def test_a_station_refusing_its_profile_triggers_a_plan_that_treats_it_as_uncontrolled() -> None:
@@ -302,6 +302,25 @@ def test_a_replan_inside_a_demand_charge_window_keeps_the_peak_already_reached()
                .demand_charges)
 
 
+def test_an_ev_tapering_below_the_minimum_current_is_still_planned_at_the_minimum() -> None:
+    """A car measured at 3.5 kW against 11 kW planned (tapering when nearly full): its
+    limit is learned, but not below the EVSE's 4.14 kW minimum, or every later plan would
+    be sent as 0 and the car starved for the rest of its stay."""
+    controller, stations, clock, _ = rig()
+    plug(controller, 1, energy_kwh=30.0, hours=4)
+    asyncio.run(controller.replan())
+    assert power(stations.sent[-1], "e1", T0) > 4.14
+    clock.now = T0 + timedelta(minutes=5)
+    controller.on_samples([MeterSample("cs1", 1, "tx1", clock.now, Measurand.POWER_IMPORT,
+                                       3500.0, clock.now)])
+    minimum = tree().evse("e1").min_power_kw
+    (live,) = controller.tracker.live.values()
+    assert live.ev_limit_kw == pytest.approx(minimum)
+    asyncio.run(controller.replan())
+    planned = stations.sent[-1].power_kw["e1"]
+    assert planned.max() == pytest.approx(minimum, rel=1e-6)  # planned, not starved
+
+
 def test_a_plan_below_the_minimum_current_is_expected_as_zero_not_as_a_deviation() -> None:
     controller, stations, clock, book = rig()
     book.publish("openadr", "event:e1", [site_cap(2.0)], at=T0)  # below the 4.1 kW minimum
@@ -356,3 +375,24 @@ def test_the_controller_says_when_it_is_planning_and_what_waits() -> None:
     asyncio.run(main())
     assert seen == [(True, 0)]
     assert (controller.planning, controller.pending_triggers) == (False, 1)
+
+
+def test_a_time_limited_milp_plan_is_dispatched_and_journaled_as_feasible() -> None:
+    """A MILP stopped by its time limit with a schedule in hand is used, but the journal
+    says "feasible", not "optimal", so an operator can tell the two apart."""
+    from aggregator.scenario import Scenario
+    from optimizer.solution import Status
+
+    controller, stations, _, _ = rig(settings=ControllerSettings(
+        horizon_intervals=16, debounce_s=0.01, method="milp"))
+    plug(controller, 1)
+    original = controller._solve
+
+    def time_limited(scenario: Scenario) -> tuple[Schedule, str, float]:
+        schedule, _, objective = original(scenario)
+        return schedule, Status.FEASIBLE, objective
+
+    controller._solve = time_limited  # type: ignore[method-assign]
+    plan = asyncio.run(controller.replan())
+    assert plan.status == "feasible" and plan.fallback == ""
+    assert stations.sent[-1].power_kw["e1"].max() > 0  # dispatched, not the zero plan
