@@ -29,7 +29,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from aggregator.ledger import Ledger, from_us, metadata, to_us
-from aggregator.model import GridConstraint, PriceSignal, require_utc
+from aggregator.model import DemandCharge, GridConstraint, PriceSignal, require_utc
 
 dr_events = Table(
     "dr_events", metadata,  # the ledger's: one schema, checked against the migrations
@@ -49,6 +49,7 @@ dr_events = Table(
     Column("reason", Text, nullable=False),
     Column("limits_json", Text, nullable=False),
     Column("prices_json", Text, nullable=False),
+    Column("demand_charges_json", Text, nullable=False, server_default="[]"),
     UniqueConstraint("source", "event_id", "modification_number",
                      name="uq_dr_events_natural_key"),
 )
@@ -73,6 +74,7 @@ class DrEvent:
     reason: str
     limits: tuple[GridConstraint, ...] = ()
     prices: tuple[PriceSignal, ...] = ()
+    demand_charges: tuple[DemandCharge, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("received_at", "start", "end"):
@@ -88,7 +90,8 @@ def record_event(ledger: Ledger, event: DrEvent) -> bool:
         "start_us": to_us(event.start), "end_us": to_us(event.end),
         "test_event": event.test_event, "opt_in": event.opt_in, "applied": event.applied,
         "reason": event.reason, "limits_json": json.dumps([_limit(c) for c in event.limits]),
-        "prices_json": json.dumps([_price(p) for p in event.prices])}
+        "prices_json": json.dumps([_price(p) for p in event.prices]),
+        "demand_charges_json": json.dumps([_charge(c) for c in event.demand_charges])}
     insert = pg_insert if ledger.engine.dialect.name == "postgresql" else sqlite_insert
     statement = insert(dr_events).on_conflict_do_nothing(index_elements=KEY).returning(
         dr_events.c.id)
@@ -114,7 +117,9 @@ def journal(ledger: Ledger, *, event_id: str | None = None,
         test_event=bool(row.test_event), opt_in=bool(row.opt_in), applied=bool(row.applied),
         reason=row.reason,
         limits=tuple(_limit_back(item) for item in json.loads(row.limits_json)),
-        prices=tuple(_price_back(item) for item in json.loads(row.prices_json)))
+        prices=tuple(_price_back(item) for item in json.loads(row.prices_json)),
+        demand_charges=tuple(_charge_back(item)
+                             for item in json.loads(row.demand_charges_json)))
         for row in rows]
 
 
@@ -148,6 +153,19 @@ def _price_back(item: dict[str, Any]) -> PriceSignal:
                        import_price_per_kwh=item["import_price_per_kwh"],
                        export_price_per_kwh=item["export_price_per_kwh"],
                        source=item["source"])
+
+
+def _charge(c: DemandCharge) -> dict[str, Any]:
+    return {"node_id": c.node_id, "start_us": to_us(c.start), "end_us": to_us(c.end),
+            "price_per_kw": c.price_per_kw, "source": c.source, "source_ref": c.source_ref,
+            "received_at_us": to_us(c.received_at)}
+
+
+def _charge_back(item: dict[str, Any]) -> DemandCharge:
+    return DemandCharge(node_id=item["node_id"], start=from_us(item["start_us"]),
+                        end=from_us(item["end_us"]), price_per_kw=item["price_per_kw"],
+                        source=item["source"], source_ref=item["source_ref"],
+                        received_at=from_us(item["received_at_us"]))
 
 
 def events_in(ledger: Ledger, start: datetime, end: datetime) -> Sequence[DrEvent]:

@@ -360,7 +360,7 @@ class Ven:
             status=plan.status, program=plan.market_context, received_at=self.clock(),
             start=plan.start, end=plan.end, test_event=plan.test_event,
             opt_in=decision.opt_in, applied=applied, reason=decision.reason,
-            limits=plan.constraints, prices=plan.prices))
+            limits=plan.constraints, prices=plan.prices, demand_charges=plan.demand_charges))
 
     async def _journal(self, record: DrEvent) -> None:
         """Hand the record to the event journal (the ledger) off the event loop."""

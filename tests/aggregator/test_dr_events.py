@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from aggregator.dr_events import DrEvent, events_in, journal, record_event
 from aggregator.ledger import Ledger
-from aggregator.model import GridConstraint, PriceSignal
+from aggregator.model import DemandCharge, GridConstraint, PriceSignal
 
 T0 = datetime(2026, 11, 21, 17, tzinfo=UTC)
 H = timedelta(hours=1)
@@ -20,11 +20,15 @@ def modification(number: int, *, status: str = "far", applied: bool = True,
                            import_max_kw=cap_kw, priority=3, expires_at=T0 + 3 * H)
     price = PriceSignal(start=T0, end=T0 + H, import_price_per_kwh=0.5,
                         export_price_per_kwh=0.4, source="openadr")
+    charge = DemandCharge(node_id="site-a", start=T0, end=T0 + 2 * H, price_per_kw=8.5,
+                          source="openadr", source_ref=f"event peak mod {number} DEMAND_CHARGE",
+                          received_at=T0 - H)
     return DrEvent(source="openadr", event_id="peak", modification_number=number,
                    status=status, program="oadr://dso/caps",
                    received_at=T0 - H + number * timedelta(minutes=1), start=T0,
                    end=T0 + 2 * H, test_event=False, opt_in=True, applied=applied,
-                   reason="policy: always opt in", limits=(limit,), prices=(price,))
+                   reason="policy: always opt in", limits=(limit,), prices=(price,),
+                   demand_charges=(charge,))
 
 
 def test_modifications_are_kept_once_each_and_round_trip(ledger: Ledger) -> None:

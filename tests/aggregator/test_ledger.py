@@ -145,7 +145,7 @@ def test_the_migrations_build_exactly_the_declared_schema(ledger: Ledger) -> Non
 
     with ledger.engine.connect() as connection:
         context = MigrationContext.configure(connection)
-        assert context.get_current_revision() == "0003"
+        assert context.get_current_revision() == "0004"
         assert compare_metadata(context, metadata) == []  # no drift between code and schema
     ledger.migrate()  # running again changes nothing
     assert ledger.add_samples([reading(0, 1.0)]) == 1

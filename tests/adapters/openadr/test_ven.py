@@ -400,7 +400,9 @@ async def test_a_demand_charge_event_lowers_the_planned_peak_end_to_end(tmp_path
     vtn = LoopbackVtn(port=free_port())
     await vtn.start()
     book = ConstraintBook(started_at=start)
-    ven = Ven(ven_config(vtn, tmp_path), book, clock=lambda: start - timedelta(hours=1))
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ven = Ven(ven_config(vtn, tmp_path), book, clock=lambda: start - timedelta(hours=1),
+              journal=functools.partial(record_event, ledger))
     try:
         assert await ven.register()
         vtn.add_event(ven.ven_id or "", "tariff", "DEMAND_CHARGE", "price",
@@ -416,6 +418,8 @@ async def test_a_demand_charge_event_lowers_the_planned_peak_end_to_end(tmp_path
         assert book.journal[-1].kind == ChangeKind.PRICES
         planned = book.context_for(scenario)
         assert planned.demand_charges == (charge,)
+        [journaled] = journal(ledger, event_id="tariff")  # the settlement's record of it
+        assert journaled.demand_charges == (charge,) and journaled.applied
 
         def site_peak_kw(case: Scenario) -> tuple[float, dict[str, Any]]:
             problem, index = build_problem(case)
