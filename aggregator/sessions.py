@@ -49,11 +49,14 @@ def session_from_needs(session_id: str, evse: Evse, arrival: datetime, needs: Ev
     else:
         asked = needs.energy_kwh if needs.energy_kwh is not None else d.energy_kwh
         wish["energy_requested_kwh"] = min(room, asked if asked is not None else room)
+    ev_max_kw = needs.max_charge_kw
+    if ev_max_kw is None and needs.max_current_a is not None:  # AC: amps per phase
+        ev_max_kw = needs.max_current_a * evse.phases * evse.voltage_v / 1000.0
     return Session(
         session_id=session_id, evse_id=evse.evse_id, arrival=arrival, departure=departure,
         battery_capacity_kwh=capacity, soc_initial=soc,
-        max_charge_kw=evse.max_import_kw if needs.max_charge_kw is None
-        else min(needs.max_charge_kw, evse.max_import_kw),
+        max_charge_kw=evse.max_import_kw if ev_max_kw is None
+        else min(ev_max_kw, evse.max_import_kw),
         max_discharge_kw=discharge, min_soc_v2g=floor,
         charge_efficiency=d.charge_efficiency, discharge_efficiency=d.discharge_efficiency,
         **wish)

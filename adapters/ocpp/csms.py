@@ -109,6 +109,7 @@ class EvNeeds:
     max_charge_kw: float | None = None  # DC evMaxPower or 2.1 V2X maxChargePower
     max_discharge_kw: float | None = None  # 2.1 V2X maxDischargePower
     min_energy_kwh: float | None = None  # 2.1 V2X evMinV2XEnergyRequest: keep at least
+    max_current_a: float | None = None  # AC evMaxCurrent, per phase (cable included)
 
 
 def _first(*values: float | None) -> float | None:
@@ -150,7 +151,8 @@ def ev_needs(charging_needs: dict[str, Any], received_at: datetime) -> EvNeeds:
                              number(dc, "ev_max_power", 1e-3, "dc_charging_parameters")),
         max_discharge_kw=number(v2x, "max_discharge_power", 1e-3, "v2x_charging_parameters"),
         min_energy_kwh=number(v2x, "ev_min_v2x_energy_request", 1e-3,
-                              "v2x_charging_parameters"))
+                              "v2x_charging_parameters"),
+        max_current_a=number(ac, "ev_max_current", 1.0, "ac_charging_parameters"))
 
 
 @dataclass(frozen=True)

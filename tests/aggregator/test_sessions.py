@@ -28,6 +28,19 @@ def test_ac_needs_use_defaults_for_what_the_car_does_not_say() -> None:
     assert session.max_charge_kw == 11.0 and session.max_discharge_kw == 0.0
 
 
+def test_an_ac_cars_current_limit_caps_its_power() -> None:
+    """evMaxCurrent is per phase: 10 A on the 3 x 230 V EVSE is 6.9 kW, planned as such
+    (not at the EVSE's 11 kW, which the car would never draw)."""
+    needs = ev_needs({"ac_charging_parameters": {"energy_amount": 20000, "ev_min_current": 6,
+                                                 "ev_max_current": 10, "ev_max_voltage": 400}},
+                     T0)
+    assert needs.max_current_a == 10.0
+    session = session_from_needs("s-4", AC, T0, needs)
+    assert session.max_charge_kw == pytest.approx(6.9)
+    with pytest.raises(FormatViolationError, match="ev_max_current: bad value"):
+        ev_needs({"ac_charging_parameters": {"ev_max_current": -1}}, T0)
+
+
 def test_v2x_needs_on_a_v2g_evse() -> None:
     needs = ev_needs({"dc_charging_parameters": {"ev_energy_capacity": 77000,
                                                  "state_of_charge": 40, "ev_max_power": 50000},
