@@ -281,7 +281,11 @@ def _generate(node: Node | None, evses: Sequence[Evse], listed: Sequence[Session
     if not pool and generator.count:
         raise FieldError("generator.evses", fields.line_of("evses"),
                          "no EVSE to place sessions on (every EVSE has listed sessions)")
-    sessions = generate_sessions(generator, pool, horizon.start, horizon.end)
+    try:
+        sessions = generate_sessions(generator, pool, horizon.start, horizon.end)
+    except ModelError as err:  # the horizon shorter than min_dwell_h, EVSE ids repeated
+        raise FieldError("generator", fields.line, f"cannot draw sessions over the horizon: "
+                         f"{model_reason(err)}") from None
     taken = {session.session_id for session in listed}
     clash = next((s.session_id for s in sessions if s.session_id in taken), None)
     if clash is not None:

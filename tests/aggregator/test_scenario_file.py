@@ -649,3 +649,13 @@ def test_fuzz_demand_charge_values(key: str, new: Node) -> None:
     else:
         [charge] = outcome.demand_charges
         assert charge.price_per_kw >= 0 and charge.start < charge.end
+
+
+def test_a_generator_whose_stays_do_not_fit_the_horizon_is_refused_at_its_line() -> None:
+    with pytest.raises(ScenarioError) as caught:
+        parse_scenario(GENERATED.replace("intervals: 48", "intervals: 1").replace(
+            "arrival: 2026-11-20T08:00:00Z, departure: 2026-11-20T12:00:00Z",
+            "arrival: 2026-11-20T07:00:00Z, departure: 2026-11-20T07:10:00Z").replace(
+            "dwell_median_h: 3}", "dwell_median_h: 3, min_dwell_h: 1}"))
+    assert caught.value.path == "generator" and caught.value.line == 12
+    assert "shorter than min_dwell_h" in caught.value.reason
