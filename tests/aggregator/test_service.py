@@ -208,6 +208,12 @@ def test_gridflex_serve_stops_on_sigterm_and_keeps_every_acknowledged_sample(
             moments.append(moments[-1] + timedelta(minutes=1))
             await station.step()
         sent = 20
+        while True:  # stop once the service has planned (under load that can lag the steps)
+            async with aiohttp.ClientSession() as http:
+                answer = await (await http.get(f"http://127.0.0.1:{api_port}/plans")).json()
+            if answer["plans"] or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
         process.send_signal(signal.SIGTERM)
         await station.close()
 
