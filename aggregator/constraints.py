@@ -185,12 +185,8 @@ class ConstraintBook:
     def publish_prices(self, source: str, scope: str, prices: Sequence[PriceSignal],
                        at: datetime) -> None:
         at, items = _checked(source, scope, at, prices, PriceSignal, "prices")
-        if self._prices.get((source, scope), ()) == items:
+        if not _replace(self._prices, (source, scope), items):
             return
-        if items:
-            self._prices[(source, scope)] = items
-        else:
-            del self._prices[(source, scope)]
         self._record(BookChange(ChangeKind.PRICES, source, scope, at,
                                 f"{len(items)} price interval(s)"))
 
@@ -201,12 +197,8 @@ class ConstraintBook:
             if item.source != source:
                 raise ModelError("demand_charges", f"demand charge {item.source_ref!r} has "
                                  f"source {item.source!r}, published as {source!r}")
-        if self._demand_charges.get((source, scope), ()) == items:
+        if not _replace(self._demand_charges, (source, scope), items):
             return
-        if items:
-            self._demand_charges[(source, scope)] = items
-        else:
-            del self._demand_charges[(source, scope)]
         self._record(BookChange(ChangeKind.PRICES, source, scope, at,
                                 f"{len(items)} demand charge(s)"))
 
@@ -356,6 +348,18 @@ class ConstraintBook:
 
 
 _INSTANT = timedelta(microseconds=1)
+
+
+def _replace(table: dict[tuple[str, str], tuple[_T, ...]], key: tuple[str, str],
+             items: tuple[_T, ...]) -> bool:
+    """Put ``items`` under ``key`` (none: drop the key); False when nothing changed."""
+    if table.get(key, ()) == items:
+        return False
+    if items:
+        table[key] = items
+    else:
+        del table[key]
+    return True
 
 
 def _checked(source: str, scope: str, at: datetime, items: Iterable[_T], kind: type[_T],

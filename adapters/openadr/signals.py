@@ -272,16 +272,8 @@ def _limit(name: str, kind: str, payload: float, factor_kw: float, node: str,
 
 def _price(kind: str, payload: float, program: ProgramConfig, field_name: str,
            start: datetime, end: datetime) -> PriceSignal:
-    base = program.base_import_price_per_kwh
-    if kind == "price":
-        value = payload
-    elif kind == "priceRelative":
-        value = base + payload
-    elif kind == "priceMultiplier":
-        value = base * payload
-    else:
-        raise EventError(field_name.rsplit(".intervals", 1)[0] + ".signal_type",
-                         f"a price signal of type {kind!r} is not understood")
+    value = _relative(kind, payload, program.base_import_price_per_kwh, "a price signal",
+                      field_name)
     try:
         return PriceSignal(start=start, end=end, import_price_per_kwh=value,
                            export_price_per_kwh=value * program.export_price_ratio,
@@ -290,21 +282,26 @@ def _price(kind: str, payload: float, program: ProgramConfig, field_name: str,
         raise EventError(field_name, err.message) from err
 
 
+def _relative(kind: str, payload: float, base: float, what: str, field_name: str) -> float:
+    """A price-type payload as a value: absolute (``price``), added to the program's base
+    (``priceRelative``) or multiplying it (``priceMultiplier``)."""
+    if kind == "price":
+        return payload
+    if kind == "priceRelative":
+        return base + payload
+    if kind == "priceMultiplier":
+        return base * payload
+    raise EventError(field_name.rsplit(".intervals", 1)[0] + ".signal_type",
+                     f"{what} of type {kind!r} is not understood")
+
+
 def _demand_charge_per_kw(kind: str, payload: float, program: ProgramConfig,
                           field_name: str) -> float:
     """A DEMAND_CHARGE payload as currency per kW (never below 0)."""
     base = program.base_demand_charge_per_kw
-    if kind == "price":
-        value = payload
-    elif kind == "priceRelative":
-        value = base + payload
-    elif kind == "priceMultiplier":
-        if payload < 0:
-            raise EventError(field_name, f"a multiplier must be >= 0, got {payload:g}")
-        value = base * payload
-    else:
-        raise EventError(field_name.rsplit(".intervals", 1)[0] + ".signal_type",
-                         f"a demand charge of type {kind!r} is not understood")
+    if kind == "priceMultiplier" and payload < 0:
+        raise EventError(field_name, f"a multiplier must be >= 0, got {payload:g}")
+    value = _relative(kind, payload, base, "a demand charge", field_name)
     if value < 0:
         raise EventError(field_name, f"a demand charge must be >= 0 per kW, got {value:g}"
                          + (f" ({base:g} {payload:+g})" if kind == "priceRelative" else ""))
