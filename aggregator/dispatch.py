@@ -6,6 +6,11 @@ one); a timeout is retried once.  After an accepted profile the station's compos
 schedule is read back: a station that accepts but plans more than it was sent is
 reported as not following.  A refused plan is retried in the other rate unit, then
 replaced by a zero-power profile, the one fallback that can never break a grid limit.
+
+Given the plan in force before (``previous``), the EVSEs whose power goes down now are
+sent first and the others only once every decrease has been answered: stations apply
+profiles one by one, and sending an increase alongside a decrease could let a node's
+load pass its cap for the time between the two.
 """
 
 from __future__ import annotations
@@ -49,24 +54,68 @@ def profile_id(station_id: str, evse_number: int, purpose: str) -> int:
 
 async def dispatch(csms: Csms, schedule: Schedule, evses: Mapping[str, Evse], *,
                    verify: bool = True,
-                   station_caps_kw: Mapping[str, pd.Series] | None = None) -> list[Delivery]:
+                   station_caps_kw: Mapping[str, pd.Series] | None = None,
+                   previous: Schedule | None = None) -> list[Delivery]:
     """Push every EVSE's planned power to its station (concurrently) and report.
 
     ``station_caps_kw`` adds a station-wide cap (ChargePointMaxProfile /
     ChargingStationMaxProfile) per station id: a safety net a station enforces even if
     a per-EVSE profile is overridden locally; its Delivery has the station id as evse_id.
+    ``previous`` is the plan the stations follow now: decreases against it go out first.
     """
     where: dict[str, tuple[str, int]] = {
         evse_id: (station.station_id, number)
         for station in csms.config.stations for number, evse_id in station.evses.items()}
     units = {station.station_id: station.rate_unit for station in csms.config.stations}
+    first = decreases(schedule, previous)
+    gate = _Gate(len(first))
     jobs = [_deliver(csms, schedule, evses[evse_id], where.get(evse_id),
-                     units.get(where[evse_id][0], "A") if evse_id in where else "A", verify)
+                     units.get(where[evse_id][0], "A") if evse_id in where else "A", verify,
+                     gate, evse_id in first)
             for evse_id in schedule.power_kw.columns]
     for station_id, cap in (station_caps_kw or {}).items():
         jobs.append(_deliver_cap(csms, schedule, station_id, cap, evses, where,
                                  units.get(station_id, "A")))
     return list(await asyncio.gather(*jobs))
+
+
+def decreases(schedule: Schedule, previous: Schedule | None) -> set[str]:
+    """The EVSEs whose import and export now are both no more than the previous plan's.
+
+    Without a previous plan every EVSE counts as a decrease (one concurrent round); an
+    EVSE the previous plan did not cover, or one that turns from import to export, waits.
+    """
+    if previous is None or schedule.power_kw.empty:
+        return set(schedule.power_kw.columns)
+    start = schedule.intervals[0]
+    rows = previous.power_kw.index
+    position = int(rows.searchsorted(start, side="right")) - 1
+    if position < 0 or start >= rows[position] + previous.interval:
+        return set()
+    before = previous.power_kw.iloc[position]
+    now = schedule.power_kw.iloc[0]
+    return {evse_id for evse_id in schedule.power_kw.columns
+            if evse_id in before.index
+            and max(now[evse_id], 0.0) <= max(before[evse_id], 0.0) + FOLLOW_TOLERANCE_KW
+            and max(-now[evse_id], 0.0) <= max(-before[evse_id], 0.0) + FOLLOW_TOLERANCE_KW}
+
+
+class _Gate:
+    """Opens once every decrease has been answered, so that no increase goes out before."""
+
+    def __init__(self, pending: int) -> None:
+        self._pending = pending
+        self._open = asyncio.Event()
+        if pending <= 0:
+            self._open.set()
+
+    def passed(self) -> None:
+        self._pending -= 1
+        if self._pending <= 0:
+            self._open.set()
+
+    async def wait(self) -> None:
+        await self._open.wait()
 
 
 async def _deliver_cap(csms: Csms, schedule: Schedule, station_id: str, cap: pd.Series,
@@ -95,7 +144,26 @@ async def _deliver_cap(csms: Csms, schedule: Schedule, station_id: str, cap: pd.
 
 async def _deliver(csms: Csms, schedule: Schedule, evse: Evse,
                    location: tuple[str, int] | None, unit: RateUnit,
-                   verify: bool) -> Delivery:
+                   verify: bool, gate: _Gate, decrease: bool) -> Delivery:
+    if not decrease:
+        await gate.wait()
+    try:
+        sent = await _send(csms, schedule, evse, location, unit)
+    finally:
+        if decrease:
+            gate.passed()
+    if isinstance(sent, Delivery):
+        return sent
+    station_id, number, payload = sent
+    if not verify:
+        return Delivery(evse.evse_id, station_id, "Accepted", True)
+    follows, detail = await _read_back(csms, station_id, number, evse, payload, unit, schedule)
+    return Delivery(evse.evse_id, station_id, "Accepted", follows, detail=detail)
+
+
+async def _send(csms: Csms, schedule: Schedule, evse: Evse, location: tuple[str, int] | None,
+                unit: RateUnit) -> Delivery | tuple[str, int, dict[str, object]]:
+    """The plan's profile, retried or replaced when refused; what was accepted, if it was."""
     if location is None:
         return Delivery(evse.evse_id, None, "NotMapped", False,
                         detail="no station lists this EVSE")
@@ -121,11 +189,7 @@ async def _deliver(csms: Csms, schedule: Schedule, evse: Evse,
     if status == "Timeout":  # one more try before treating the plan as refused
         status = await csms.set_charging_profile(station_id, payload)
     if status == "Accepted":
-        if not verify:
-            return Delivery(evse.evse_id, station_id, status, True)
-        follows, detail = await _read_back(csms, station_id, number, evse, payload, unit,
-                                           schedule)
-        return Delivery(evse.evse_id, station_id, status, follows, detail=detail)
+        return station_id, number, payload
     other: RateUnit = "W" if unit == "A" else "A"
     retry = await csms.set_charging_profile(station_id,
                                             set_charging_profile(request(planned, other)))

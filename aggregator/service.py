@@ -112,7 +112,9 @@ class Service:
         self.controller.on_station_event(event)
 
     async def _dispatch(self, schedule: Schedule) -> list[Delivery]:
-        return await dispatch(self.csms, schedule, {e.evse_id: e for e in self.config.tree.evses})
+        # the controller still holds the plan the stations follow: decreases go out first
+        return await dispatch(self.csms, schedule, {e.evse_id: e for e in self.config.tree.evses},
+                              previous=self.controller.schedule)
 
     def node_metering(self, node_id: str) -> tuple[float, float]:
         """Measured EV power (kW) now and energy imported (kWh) so far below ``node_id``."""

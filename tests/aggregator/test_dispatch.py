@@ -167,3 +167,43 @@ def test_station_wide_caps_go_to_connector_zero() -> None:
     assert cap201["charging_profile_purpose"] == "ChargingStationMaxProfile"  # type: ignore[index]
     periods = cap201["charging_schedule"][0]["charging_schedule_period"]  # type: ignore[index]
     assert [p["limit"] for p in periods] == [15.9, 4.3]  # 11 kW and 3 kW, rounded down
+
+
+def test_decreases_are_answered_before_any_increase_is_sent() -> None:
+    """Swapping power between two EVSEs of one site never lets both draw at once."""
+    results: dict[str, list[float]] = {}
+    before = schedule({"A-09": [11.0] * 4, "A-01": [0.0] * 4})
+    after = schedule({"A-09": [0.0] * 4, "A-01": [11.0] * 4})
+
+    async def body(csms: Csms, url: str) -> None:
+        async with station(url, "CS16", "ocpp1.6", password="pw-16") as lowered, \
+                station(url, "CS201", "ocpp2.0.1", password="pw-201") as raised:
+            for cp, protocol in ((lowered, "ocpp1.6"), (raised, "ocpp2.0.1")):
+                await boot(cp, protocol)
+            await until(lambda: len(csms.connected) == 2)
+            lowered.answer_delay_s = 0.3  # a slow station must hold the increase back
+            deliveries = await dispatch(csms, after, EVSE_BY_ID, verify=False,
+                                        previous=before)
+            assert all(d.follows for d in deliveries)
+            results["lowered"], results["raised"] = lowered.received_at, raised.received_at
+
+    run(body)
+    assert results["raised"][0] >= results["lowered"][0] + 0.3
+
+
+def test_which_evses_decrease_against_the_previous_plan() -> None:
+    from dataclasses import replace
+
+    from aggregator.dispatch import decreases
+
+    before = schedule({"A": [11.0] * 4, "B": [0.0] * 4, "C": [5.0] * 4, "D": [-7.0] * 4})
+    later = replace(before, power_kw=before.power_kw.iloc[1:])
+    now = {"A": [4.0] * 3, "B": [6.0] * 3, "C": [-2.0] * 3, "D": [-3.0] * 3, "E": [1.0] * 3}
+    index = pd.date_range(T0 + STEP, periods=3, freq=STEP, tz="UTC")
+    plan = replace(before, power_kw=pd.DataFrame(now, index=index))
+    # A and D go towards zero; B rises, C turns to export, E is new: they wait
+    assert decreases(plan, before) == {"A", "D"}
+    assert decreases(plan, later) == {"A", "D"}
+    assert decreases(plan, None) == set(now)
+    stale = replace(before, power_kw=before.power_kw.iloc[:1])
+    assert decreases(plan, stale) == set()  # the previous plan ended: nothing is known

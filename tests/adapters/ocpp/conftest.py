@@ -7,6 +7,7 @@ import base64
 import contextlib
 import json
 import ssl
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,13 +42,21 @@ def _as_applied(mode: str, schedule: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 class Station16(Cp16):  # type: ignore[misc]
-    """A 1.6 charge point that accepts profiles and reports them back."""
+    """A 1.6 charge point that accepts profiles and reports them back.
+
+    ``received_at`` logs when each SetChargingProfile arrived (monotonic s);
+    ``answer_delay_s`` makes the station slow to answer one.
+    """
 
     profiles: list[dict[str, Any]]
+    received_at: list[float]
     mode = "follow"
+    answer_delay_s = 0.0
 
     @on("SetChargingProfile")
-    def on_set(self, connector_id: int, cs_charging_profiles: dict[str, Any]) -> Any:
+    async def on_set(self, connector_id: int, cs_charging_profiles: dict[str, Any]) -> Any:
+        self.received_at.append(time.monotonic())
+        await asyncio.sleep(self.answer_delay_s)
         # ocpp's 1.6 module hands numbers over as Decimal, which it cannot send back
         profile = json.loads(json.dumps(cs_charging_profiles, default=float))
         if _refuses(self.mode, profile["charging_schedule"]["charging_schedule_period"]):
@@ -71,10 +80,15 @@ class Station16(Cp16):  # type: ignore[misc]
 def _station2x(base: type, results: Any) -> type:
     class Station(base):  # type: ignore[misc, valid-type]
         profiles: list[dict[str, Any]]
+        received_at: list[float]
         mode = "follow"
+        answer_delay_s = 0.0
 
         @on("SetChargingProfile")
-        def on_set(self, evse_id: int, charging_profile: dict[str, Any], **_: Any) -> Any:
+        async def on_set(self, evse_id: int, charging_profile: dict[str, Any],
+                         **_: Any) -> Any:
+            self.received_at.append(time.monotonic())
+            await asyncio.sleep(self.answer_delay_s)
             periods = charging_profile["charging_schedule"][0]["charging_schedule_period"]
             if _refuses(self.mode, periods):
                 return results.SetChargingProfile(status="Rejected")
@@ -117,6 +131,7 @@ async def station(url: str, station_id: str, subprotocol: str, *, password: str 
                        additional_headers=headers, ssl=ssl_context) as ws:
         cp = CLASSES[subprotocol](station_id, ws, response_timeout=5)
         cp.profiles = []
+        cp.received_at = []
         task = asyncio.create_task(cp.start())
         try:
             yield cp
