@@ -99,13 +99,15 @@ def test_several_lost_reports_are_one_gap(libiec: Peer) -> None:
             cfg = libiec_config(relay.port, integrity_period_s=1.0, ttl_s=5.0, **ONLY_LIMITS)
             async with running(cfg, sink) as adapter:
                 await until(lambda: sink.limit_kw(LIMIT) == 11.0 and adapter.stats.reports)
-                for value_w in (7000.0, 8000.0, 9000.0):
-                    relay.lose(carrying(value_w))
+                # every report carrying 7 or 8 kW is lost, also an integrity report that
+                # a loaded machine lets in between the changes; the first 9 kW one too
+                for value_w, count in ((7000.0, 50), (8000.0, 50), (9000.0, 1)):
+                    relay.lose(carrying(value_w), count)
                     await change(libiec, value_w)
-                await until(lambda: relay.dropped == 3)
                 await until(lambda: sink.limit_kw(LIMIT) == 9.0, what="the last value")
                 (gap,) = await until(lambda: faults(adapter, "sequence-gap"), what="gap")
-                assert "3 missing" in gap
+                assert relay.dropped >= 3
+                assert f"{relay.dropped} missing" in gap
                 assert all(kw in (11.0, 9.0) for kw in published_kw(sink))
 
     go(body)
