@@ -173,6 +173,9 @@ class Session:
 
     The energy wish is either ``energy_requested_kwh`` (on top of the current SoC) or
     ``target_soc``; V2G discharge never takes the battery below ``min_soc_v2g``.
+    An EV stops charging once its wish is met, so a plan never fills it beyond its target
+    unless the EV says it takes more: ``max_soc`` (e.g. from OCPP 2.1
+    evMaxV2XEnergyRequest), the room a V2G plan may use to store cheap energy.
     Efficiencies are grid-to-battery (charge) and battery-to-grid (discharge).
     """
 
@@ -189,6 +192,7 @@ class Session:
     max_discharge_kw: float = 0.0
     charge_efficiency: float = 0.95
     discharge_efficiency: float = 0.95
+    max_soc: float | None = None
 
     def __post_init__(self) -> None:
         _identifier(self.session_id, "session_id")
@@ -216,6 +220,8 @@ class Session:
                                  f"({room_kwh:.3f} kWh free)")
         if self.target_soc is not None:
             _finite(self.target_soc, "target_soc", minimum=0.0, maximum=1.0)
+        if self.max_soc is not None:
+            _finite(self.max_soc, "max_soc", minimum=0.0, maximum=1.0)
 
     @property
     def energy_initial_kwh(self) -> float:
@@ -233,6 +239,15 @@ class Session:
     @property
     def energy_floor_kwh(self) -> float:
         return self.battery_capacity_kwh * self.min_soc_v2g
+
+    @property
+    def energy_ceiling_kwh(self) -> float:
+        """Battery energy the EV takes at most: its target, or ``max_soc`` when it says so
+        (never below what it has or the V2G floor)."""
+        said = self.battery_capacity_kwh * (self.max_soc or 0.0)
+        return min(self.battery_capacity_kwh, max(self.energy_target_kwh, said,
+                                                  self.energy_initial_kwh,
+                                                  self.energy_floor_kwh))
 
 
 @dataclass(frozen=True, slots=True)

@@ -169,7 +169,8 @@ def build_problem(scenario: Scenario) -> tuple[FlexProblem, PlanIndex]:
         session_energy_initial_kwh=_floats(s.energy_initial_kwh for s in sessions),
         session_energy_target_kwh=np.array(targets, dtype=np.float64),
         session_energy_floor_kwh=_floats(s.energy_floor_kwh for s in sessions),
-        session_capacity_kwh=_floats(s.battery_capacity_kwh for s in sessions),
+        # the plan's battery is what the EV takes, not its size (the EV stops at its target)
+        session_capacity_kwh=_floats(s.energy_ceiling_kwh for s in sessions),
         session_charge_max_kw=_floats(s.max_charge_kw for s in sessions),
         session_discharge_max_kw=_floats(s.max_discharge_kw for s in sessions),
         session_charge_efficiency=_floats(s.charge_efficiency for s in sessions),
@@ -233,7 +234,8 @@ def to_schedule(solution: Solution, problem: FlexProblem, index: PlanIndex) -> S
     evse_power = np.zeros((problem.n_evses, problem.n_intervals))
     np.add.at(evse_power, problem.session_evse, solution.power_kw)
     power = pd.DataFrame(evse_power.T, index=index.intervals, columns=list(index.evse_ids))
-    soc = pd.DataFrame((solution.energy_kwh / problem.session_capacity_kwh[:, None]).T,
+    capacity_kwh = _floats(s.battery_capacity_kwh for s in index.sessions)
+    soc = pd.DataFrame((solution.energy_kwh / capacity_kwh[:, None]).T,
                        index=index.intervals, columns=session_ids)
     return Schedule(power_kw=power, session_power_kw=session_power, soc=soc,
                     unmet_kwh=pd.Series(solution.unmet_kwh, index=session_ids, dtype=float),

@@ -355,15 +355,13 @@ async def _loop(run: ReplayScenario, clock: _Clock, book: ConstraintBook,
 
 def _plug(session: Session, evse: Evse) -> _Ev:
     capacity = session.battery_capacity_kwh
-    energy = session.soc_initial * capacity
-    if session.energy_requested_kwh is not None:
-        target = min(capacity, energy + session.energy_requested_kwh)
-    else:
-        target = max(energy, (session.target_soc or 1.0) * capacity)
+    energy, target = session.energy_initial_kwh, session.energy_target_kwh
     discharge = session.max_discharge_kw if evse.can_discharge else 0.0
+    # the EV takes energy up to its ceiling (its target unless it said it takes more)
     sim = SimEv(battery_capacity_kwh=capacity, soc=session.soc_initial,
                 departure=session.departure, max_charge_kw=session.max_charge_kw,
-                energy_requested_kwh=target - energy, max_discharge_kw=discharge,
+                energy_requested_kwh=session.energy_ceiling_kwh - energy,
+                max_discharge_kw=discharge,
                 min_soc=session.min_soc_v2g if discharge else 0.0)
     return _Ev(session, evse, sim, energy, target, session.min_soc_v2g * capacity)
 

@@ -155,7 +155,7 @@ _NODE_KEYS = ("id", "kind", "parent", "name", "import_max_kw", "export_max_kw")
 _EVSE_KEYS = ("id", "node", "max_import_kw", "max_export_kw", "phases", "voltage_v",
               "min_current_a", "v2g", "ocpp")
 _SESSION_KEYS = ("id", "evse", "arrival", "departure", "battery_kwh", "soc", "energy_kwh",
-                 "target_soc", "min_soc_v2g", "max_charge_kw", "max_discharge_kw",
+                 "target_soc", "min_soc_v2g", "max_soc", "max_charge_kw", "max_discharge_kw",
                  "charge_efficiency", "discharge_efficiency")
 _CONSTRAINT_KEYS = ("node", "start", "end", "import_max_kw", "export_max_kw", "setpoint_kw",
                     "source", "ref", "priority", "received_at", "expires_at")
@@ -345,6 +345,7 @@ def _parse_session(node: Node, path: str) -> tuple[Session, Fields]:
         raise FieldError(fields.sub("energy_kwh"), fields.line_of("energy_kwh"),
                          "give exactly one of energy_kwh and target_soc")
     min_soc_v2g = fields.optional("min_soc_v2g", to_float, 0.2)
+    max_soc = fields.optional("max_soc", to_float, None)
     max_charge_kw = fields.required("max_charge_kw", to_float)
     max_discharge_kw = fields.optional("max_discharge_kw", to_float, 0.0)
     charge_efficiency = fields.optional("charge_efficiency", to_float, 0.95)
@@ -354,7 +355,7 @@ def _parse_session(node: Node, path: str) -> tuple[Session, Fields]:
         battery_capacity_kwh=battery_kwh, soc_initial=soc, max_charge_kw=max_charge_kw,
         energy_requested_kwh=energy_kwh, target_soc=target_soc, min_soc_v2g=min_soc_v2g,
         max_discharge_kw=max_discharge_kw, charge_efficiency=charge_efficiency,
-        discharge_efficiency=discharge_efficiency))
+        discharge_efficiency=discharge_efficiency, max_soc=max_soc))
     return session, fields
 
 

@@ -133,6 +133,7 @@ def session(**overrides: Any) -> Session:
     ({"energy_requested_kwh": -1.0}, "energy_requested_kwh"),
     ({"energy_requested_kwh": 42.5}, "energy_requested_kwh"),  # 60 * (1 - 0.3) = 42 free
     ({"energy_requested_kwh": None, "target_soc": 1.5}, "target_soc"),
+    ({"max_soc": 1.2}, "max_soc"),
 ])
 def test_session_validation_names_the_field(overrides: dict[str, Any], field_name: str) -> None:
     expect_field(field_name, lambda: session(**overrides))
@@ -157,6 +158,17 @@ def test_session_energy_target_from_target_soc() -> None:
 def test_session_target_soc_below_current_soc_keeps_what_is_there() -> None:
     s = session(soc_initial=0.5, energy_requested_kwh=None, target_soc=0.3)
     assert s.energy_target_kwh == pytest.approx(30.0)  # 60 * 0.5, not 60 * 0.3
+
+
+def test_session_energy_ceiling_is_the_target_unless_the_ev_takes_more() -> None:
+    assert session(soc_initial=0.3, energy_requested_kwh=10.0).energy_ceiling_kwh == \
+        pytest.approx(28.0)  # the target
+    assert session(soc_initial=0.3, energy_requested_kwh=10.0, max_soc=0.9) \
+        .energy_ceiling_kwh == pytest.approx(54.0)
+    assert session(soc_initial=0.7, energy_requested_kwh=1.0, max_soc=0.5) \
+        .energy_ceiling_kwh == pytest.approx(43.0)  # never below the target
+    assert session(soc_initial=0.1, energy_requested_kwh=1.0, min_soc_v2g=0.3) \
+        .energy_ceiling_kwh == pytest.approx(18.0)  # nor below the V2G floor
 
 
 def test_session_energy_floor_and_utc_normalisation() -> None:

@@ -486,3 +486,19 @@ def test_unmet_energy_is_explained_with_the_departure_time() -> None:
     # 1 kW for 1 h at 95 %: 0.95 kWh of 10 kWh
     assert "s-a: 9.050 kWh unmet at departure 2026-11-20 13:00 UTC" in schedule.binding
     assert any("set by openadr evt-tight" in line for line in schedule.binding)
+
+
+def test_a_plan_fills_an_ev_to_its_target_only_unless_it_takes_more() -> None:
+    """Negative prices pay for charging, but an EV stops at its target: a plan that counts
+    on more would not be followed; an EV that says it takes more (max_soc) gets more."""
+    prices = (PriceSignal(T0, at(14), -0.20, -0.30),)
+    wants = session("wants-6", "A-01", T0, at(14))  # 30 kWh in a 60 kWh battery, +6 kWh
+    takes_more = session("takes-80", "B-01", T0, at(14), max_soc=0.8)
+    problem, index = build_problem(scenario(sessions=(wants, takes_more), prices=prices))
+    plan = to_schedule(solve(problem), problem, index)
+    by_id = {s.session_id: k for k, s in enumerate(index.sessions)}
+    assert problem.session_capacity_kwh[by_id["wants-6"]] == pytest.approx(36.0)
+    assert problem.session_capacity_kwh[by_id["takes-80"]] == pytest.approx(48.0)
+    assert plan.soc["wants-6"].iloc[-1] == pytest.approx(0.6, abs=1e-6)  # of 60 kWh
+    assert plan.soc["takes-80"].iloc[-1] == pytest.approx(0.8, abs=1e-6)
+    assert wants.energy_ceiling_kwh == pytest.approx(36.0)
