@@ -80,11 +80,13 @@ def load_service_config(path: Path) -> ServiceConfig:
         raise ServiceConfigError("config", f"cannot read {path}: {err}") from None
     except tomllib.TOMLDecodeError as err:
         raise ServiceConfigError("config", f"{path} is not valid TOML: {err}") from None
-    return service_config_from_mapping(data)
+    return service_config_from_mapping(data, base_dir=path.parent)
 
 
-def service_config_from_mapping(data: Mapping[str, Any]) -> ServiceConfig:
-    """Validate a configuration table (as read from TOML)."""
+def service_config_from_mapping(data: Mapping[str, Any], *,
+                                base_dir: Path | None = None) -> ServiceConfig:
+    """Validate a configuration table (as read from TOML); files it names (an IED's SCL)
+    are found relative to ``base_dir``, the configuration file's folder."""
     _fields.no_unknown(data, {"service", "controller", "plan", "sessions", "nodes", "ocpp",
                               "safe_defaults", "openadr", "ieee2030_5", "iec61850", "influx"},
                        "config")
@@ -128,7 +130,7 @@ def service_config_from_mapping(data: Mapping[str, Any]) -> ServiceConfig:
             raise
         except ModelError as err:
             raise ServiceConfigError(f"{where}.{err.field}", err.message) from None
-    adapters = _adapters(data, tree)
+    adapters = _adapters(data, tree, base_dir)
     influx = None
     if "influx" in data:
         table = _fields.table(data["influx"], "influx")
@@ -246,7 +248,8 @@ def _sessions(raw: Mapping[str, Any]) -> SessionDefaults:
             raw, "energy_kwh", w, None, minimum=0))
 
 
-def _adapters(data: Mapping[str, Any], tree: GridTree) -> dict[str, Any]:
+def _adapters(data: Mapping[str, Any], tree: GridTree,
+              base_dir: Path | None) -> dict[str, Any]:
     """The DSO adapters' tables, each validated by its own reader; nodes they name must
     exist in the tree."""
     found: dict[str, Any] = {}
@@ -255,7 +258,7 @@ def _adapters(data: Mapping[str, Any], tree: GridTree) -> dict[str, Any]:
     if "ieee2030_5" in data:
         found["ieee2030_5"] = Sep2Config.from_mapping(data["ieee2030_5"], prefix="ieee2030_5")
     if "iec61850" in data:
-        found["iec61850"] = iec_from_mapping(data["iec61850"])
+        found["iec61850"] = iec_from_mapping(data["iec61850"], base_dir=base_dir)
     for name, nodes in _named_nodes(found).items():
         for node in nodes:
             if not tree.can_constrain(node):

@@ -3,7 +3,8 @@
 Public sources disagree on some 90-8 names, so every object reference comes from here.
 References are relative to the IED's logical device and carry their functional
 constraint in brackets: ``"DESE1.ChaPwrLim.setMag.f[SP]"``.  ``ConfigError`` names the
-offending field (``ieds[0].limit.value``).
+offending field (``ieds[0].limit.value``).  An IED may name its SCL file (``scl``,
+``ied_name``, optional ``access_point``/``ldevice``): see ``scl.py``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aggregator.model import ModelError
@@ -244,8 +246,14 @@ _SECONDS = ("connect_timeout_s", "request_timeout_s", "reconnect_min_s", "reconn
             "max_power_kw")
 
 
-def ied_from_mapping(data: Mapping[str, Any], prefix: str = "ied") -> IedConfig:
-    """Build and check one ``IedConfig`` from plain data (YAML/JSON)."""
+def ied_from_mapping(data: Mapping[str, Any], prefix: str = "ied", *,
+                     base_dir: Path | None = None) -> IedConfig:
+    """Build and check one ``IedConfig`` from plain data (YAML/JSON); with ``scl`` the
+    references it leaves out come from that SCL file (relative to ``base_dir``)."""
+    if isinstance(data, Mapping) and "scl" in data:
+        from adapters.iec61850.scl import with_scl_references  # scl imports this module
+
+        data = with_scl_references(data, prefix, base_dir)
     _known(data, {"name", "host", "port", "domain", "node_id", "limit", "schedules",
                   "active_schedule", "reports", "publish", "accept_unsynchronized_clock",
                   "schedule_ttl_s", *_SECONDS}, prefix)
@@ -312,15 +320,17 @@ def check(ied: IedConfig, prefix: str = "ied") -> None:
                                              " or every limit lapses between refreshes")
 
 
-def from_mapping(data: Mapping[str, Any]) -> AdapterConfig:
-    """Build the adapter configuration from ``{"ieds": [...]}``."""
+def from_mapping(data: Mapping[str, Any], *, base_dir: Path | None = None) -> AdapterConfig:
+    """Build the adapter configuration from ``{"ieds": [...]}`` (SCL paths from
+    ``base_dir``, the configuration file's folder)."""
     if not isinstance(data, Mapping):
         raise ConfigError("iec61850", "expected a mapping with 'ieds'")
     _known(data, {"ieds"}, "iec61850")
     raw = data.get("ieds")
     if not isinstance(raw, Sequence) or isinstance(raw, str) or not raw:
         raise ConfigError("ieds", "expected a non-empty list")
-    ieds = tuple(ied_from_mapping(item, f"ieds[{i}]") for i, item in enumerate(raw))
+    ieds = tuple(ied_from_mapping(item, f"ieds[{i}]", base_dir=base_dir)
+                 for i, item in enumerate(raw))
     if len({ied.name for ied in ieds}) != len(ieds):
         raise ConfigError("ieds", "IED names must be unique")
     return AdapterConfig(ieds)

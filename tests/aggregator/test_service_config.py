@@ -94,3 +94,26 @@ def test_arbitrary_tables_are_refused_with_a_model_error_never_a_crash(data: Any
         data = {"nodes": data}
     with contextlib.suppress(ModelError):
         service_config_from_mapping(data)
+
+
+def test_an_ied_takes_its_references_from_an_scl_file_next_to_the_config(
+        tmp_path: Path) -> None:
+    import shutil
+
+    import tomli_w
+
+    cid = Path(__file__).resolve().parents[1] / "peers" / "iec61850" / "gateway.cid"
+    shutil.copy(cid, tmp_path / "gateway.cid")
+    data = example()
+    data["iec61850"] = {"ieds": [{"name": "gw", "port": 10102, "node_id": "office",
+                                  "scl": "gateway.cid", "ied_name": "GW"}]}
+    path = tmp_path / "service.toml"
+    path.write_text(tomli_w.dumps(data))
+    config = load_service_config(path)
+    assert config.iec61850 is not None
+    (ied,) = config.iec61850.ieds
+    assert (ied.host, ied.domain) == ("127.0.0.1", "GWEVSE1")
+    assert str(ied.limit.value) == "DESE1.ChaPwrLim.setMag.f[SP]"
+    shutil.move(str(path), str(tmp_path.parent / f"{tmp_path.name}-moved.toml"))
+    with pytest.raises(ModelError, match="scl"):  # relative to the file, not to the cwd
+        load_service_config(tmp_path.parent / f"{tmp_path.name}-moved.toml")
