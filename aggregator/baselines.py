@@ -4,7 +4,8 @@ Pluggable methods over a UTC-indexed, regularly sampled load series (kW):
 - ``ten_in_ten``: CAISO-style average of the 10 most recent eligible days (same kind of
   day: weekday or weekend; no event days), with a same-day adjustment from the hours
   before the event, capped at +/-20 %;
-- ``meter_before``: the average load in a window just before the event, held flat.
+- ``meter_before`` / ``meter_after``: the average load in a window just before / just
+  after the event, held flat (PJM's hour-before and hour-after variants).
 Delivered flexibility is baseline minus actual over the event; its value is that energy
 at the event's price.  Days are UTC days (UTC everywhere); EV load fits baselines
 poorly, so per-event results carry the method and its inputs.
@@ -83,12 +84,29 @@ def ten_in_ten(load_kw: pd.Series, event_start: datetime, event_end: datetime, *
 def meter_before(load_kw: pd.Series, event_start: datetime, event_end: datetime, *,
                  window: timedelta = timedelta(hours=1)) -> pd.Series:
     """The average load over ``window`` before the event, held for the whole event."""
+    return _held_flat(load_kw, event_start, event_end, window, after=False)
+
+
+def meter_after(load_kw: pd.Series, event_start: datetime, event_end: datetime, *,
+                window: timedelta = timedelta(hours=1)) -> pd.Series:
+    """The average load over ``window`` after the event, held for the whole event.
+
+    For events whose run-up distorts the hour before (pre-charging ahead of a cap).
+    """
+    return _held_flat(load_kw, event_start, event_end, window, after=True)
+
+
+def _held_flat(load_kw: pd.Series, event_start: datetime, event_end: datetime,
+               window: timedelta, *, after: bool) -> pd.Series:
     index, start, end = _check(load_kw, event_start, event_end)
-    before = load_kw[(index >= start - window) & (index < start)]
-    if before.empty or before.isna().any():
-        raise ModelError("load_kw", f"no complete readings in the {window} before the event")
+    lo, hi = (end, end + window) if after else (start - window, start)
+    near = load_kw[(index >= lo) & (index < hi)]
+    step = index[1] - index[0] if len(index) > 1 else window  # regularly sampled
+    if near.empty or len(near) < window / step or near.isna().any():
+        raise ModelError("load_kw", f"no complete readings in the {window} "
+                                    f"{'after' if after else 'before'} the event")
     during = index[(index >= start) & (index < end)]
-    return pd.Series(float(before.mean()), index=during, name="baseline_kw")
+    return pd.Series(float(near.mean()), index=during, name="baseline_kw")
 
 
 def delivered_flexibility_kw(load_kw: pd.Series, baseline_kw: pd.Series) -> pd.Series:

@@ -42,11 +42,16 @@ def _solve_scenario(path: Path, out_dir: Path, *, milp: bool, time_limit_s: floa
 
 
 def _settle(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-
+    """Per session over --from/--to (never netted; with --meter-keys, signature verdicts),
+    or one DR event per interval against its baseline (--event)."""
+    if args.event is not None:
+        return _settle_event(args, parser)
     from aggregator.export import settlement_table, write_table
     from aggregator.ledger import Ledger, settle_sessions
     from aggregator.model import parse_utc
 
+    if args.start is None or args.end is None:
+        parser.error("--from and --to are required (or --event ID)")
     moments = []
     for name, value in (("--from", args.start), ("--to", args.end)):
         try:
@@ -56,19 +61,86 @@ def _settle(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     start, end = moments
     if end <= start:
         parser.error("--to must be after --from")
-    sessions = settle_sessions(Ledger(args.ledger), start, end, max_gap_s=args.max_gap)
-    table = settlement_table(sessions)
-    out = args.out or Path(f"settlement-{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}.{args.format}")
-    if args.format == "parquet" and out.suffix != ".parquet":
-        out = out.with_suffix(".parquet")
+    ledger = Ledger(args.ledger)
+    sessions = settle_sessions(ledger, start, end, max_gap_s=args.max_gap)
+    signed: dict[str, object] = {}
+    if args.meter_keys is not None:
+        from aggregator.signed_meter import (
+            MeterKeyError,
+            check_sessions,
+            load_meter_keys,
+            signed_session_table,
+        )
+        try:
+            registry = load_meter_keys(args.meter_keys)
+        except MeterKeyError as err:
+            parser.error(f"--meter-keys: {err}")
+        signatures = check_sessions(ledger, start, end, registry)
+        table = signed_session_table(sessions, signatures)
+        signed = {"signed_readings": sum(s.signed_readings for s in signatures),
+                  "verified": sum(s.verified for s in signatures),
+                  "failed": sum(len(s.failed) for s in signatures),
+                  "sessions_with_page_gaps": sum(1 for s in signatures if s.page_gaps),
+                  "unknown_meters": sorted({m for s in signatures for m in s.unknown_meters})}
+    else:
+        table = settlement_table(sessions)
+    out = _out_file(args, f"settlement-{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}")
     write_table(table, out)
     seal = table["row_hash"].iloc[-1] if len(table) else "(no sessions)"
     print(json.dumps({"sessions": len(table), "imported_kwh": round(float(
         table["imported_kwh"].sum()), 3) if len(table) else 0.0, "exported_kwh": round(float(
         table["exported_kwh"].sum()), 3) if len(table) else 0.0,
         "flagged_sessions": int(((table["resets"] > 0) | (table["gaps"] > 0)).sum())
-        if len(table) else 0, "file": str(out), "last_row_hash": seal}))
+        if len(table) else 0, **signed, "file": str(out), "last_row_hash": seal}))
     return 0
+
+
+def _settle_event(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import re
+    from datetime import timedelta
+
+    from aggregator.event_settlement import SettlementError, event_table, settle_event
+    from aggregator.export import write_table
+    from aggregator.ledger import Ledger
+    from aggregator.service_config import ServiceConfigError, load_service_config
+
+    if args.config is None:
+        parser.error("--event needs --config (its grid tree says which EVSEs are below "
+                     "the event's nodes)")
+    if args.start is not None or args.end is not None:
+        parser.error("--event settles the event's own window: leave out --from and --to")
+    try:
+        config = load_service_config(args.config)
+    except ServiceConfigError as err:
+        parser.error(f"--config: {err}")
+    try:
+        settled = settle_event(Ledger(args.ledger), args.event, config, baseline=args.baseline,
+                               source=args.source, interval=timedelta(minutes=args.interval),
+                               max_gap_s=args.max_gap, price_per_kwh=args.price)
+    except SettlementError as err:
+        print(f"gridflex settle: {err}", file=sys.stderr)
+        return 2
+    table = event_table(settled)
+    out = _out_file(args, "settlement-event-" + re.sub(r"[^A-Za-z0-9._-]", "_", args.event))
+    write_table(table, out)
+    print(json.dumps({
+        "event": settled.event.event_id, "modification": settled.event.modification_number,
+        "earlier_modifications": [e.modification_number for e in settled.earlier],
+        "baseline": settled.baseline, "nodes": list(settled.nodes),
+        "evses": list(settled.evse_ids), "intervals": len(table),
+        "flagged_intervals": settled.flagged_intervals,
+        "delivered_kwh": round(settled.delivered_kwh, 3), "value": round(settled.value, 4),
+        "excluded_days": list(settled.excluded_days), "file": str(out),
+        "last_row_hash": table["row_hash"].iloc[-1] if len(table) else "(no intervals)"}))
+    return 0
+
+
+def _out_file(args: argparse.Namespace, stem: str) -> Path:
+    """--out, or ``stem.FORMAT``; a Parquet file always ends in .parquet."""
+    out: Path = args.out or Path(f"{stem}.{args.format}")
+    if args.format == "parquet" and out.suffix != ".parquet":
+        out = out.with_suffix(".parquet")
+    return out
 
 
 def _live_demo(out: Path, speed: float, hours: float, *, as_json: bool) -> int:
@@ -190,17 +262,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo_cmd.add_argument("--offline", action="store_true",
                           help="instead: solve the shipped scenario file offline")
 
-    settle_cmd = commands.add_parser("settle", help="energy per session from the ledger")
+    settle_cmd = commands.add_parser(
+        "settle", help="energy per session from the ledger, or one DR event against its "
+                       "baseline")
     settle_cmd.add_argument("--ledger", required=True, metavar="URL",
                             help="sqlite:///FILE or a postgresql+psycopg:// URL")
-    settle_cmd.add_argument("--from", dest="start", required=True, metavar="UTC",
-                            help="period start, ISO 8601 with offset")
-    settle_cmd.add_argument("--to", dest="end", required=True, metavar="UTC")
+    settle_cmd.add_argument("--from", dest="start", default=None, metavar="UTC",
+                            help="period start, ISO 8601 with offset (sessions)")
+    settle_cmd.add_argument("--to", dest="end", default=None, metavar="UTC")
     settle_cmd.add_argument("--format", choices=("csv", "parquet"), default="csv")
     settle_cmd.add_argument("--out", type=Path, default=None,
-                            help="file to write (default: settlement-FROM-TO.FORMAT)")
+                            help="file to write (default: settlement-FROM-TO.FORMAT or "
+                                 "settlement-event-ID.FORMAT)")
     settle_cmd.add_argument("--max-gap", type=float, default=900.0, metavar="S",
                             help="longer steps between readings are flagged as gaps")
+    settle_cmd.add_argument("--meter-keys", type=Path, default=None, metavar="FILE",
+                            help="sessions: verify signed (OCMF) meter values against this "
+                                 "registry of meter public keys (TOML or JSON) and add "
+                                 "signature columns")
+    settle_cmd.add_argument("--event", default=None, metavar="ID",
+                            help="settle one DR event from the journal (its latest "
+                                 "modification) per interval instead of sessions")
+    settle_cmd.add_argument("--config", type=Path, default=None, metavar="FILE",
+                            help="with --event: the service TOML whose grid tree says which "
+                                 "EVSEs are below the event's nodes")
+    settle_cmd.add_argument("--baseline", choices=("ten_in_ten", "meter_before", "meter_after"),
+                            default="ten_in_ten", help="with --event: the baseline method")
+    settle_cmd.add_argument("--interval", type=int, default=15, metavar="MIN",
+                            help="with --event: settlement interval in minutes")
+    settle_cmd.add_argument("--price", type=float, default=None, metavar="PER_KWH",
+                            help="with --event: the price of intervals the event carries "
+                                 "none for")
+    settle_cmd.add_argument("--source", default=None, metavar="LINK",
+                            help="with --event: the DSO link that sent it (openadr, "
+                                 "ieee2030_5) when several journaled that id")
 
     replay_cmd = commands.add_parser(
         "replay", help="replay a scenario through the live controller on a simulated clock")

@@ -11,6 +11,7 @@ import pytest
 from aggregator.baselines import (
     delivered_flexibility_kw,
     event_value,
+    meter_after,
     meter_before,
     ten_in_ten,
 )
@@ -66,6 +67,17 @@ def test_meter_before_holds_the_last_hour_flat() -> None:
     assert (baseline == 9.0).all() and len(baseline) == 8
     with pytest.raises(ModelError, match="missing readings inside the event"):
         delivered_flexibility_kw(load.drop(index=START + STEP), baseline)
+
+
+def test_meter_after_holds_the_hour_after_flat() -> None:
+    load = history()
+    after_kw = 8.5
+    load[(load.index >= END) & (load.index < END + timedelta(hours=1))] = after_kw
+    baseline = meter_after(load, START, END)
+    assert len(baseline) == 8 and (baseline == after_kw).all()
+    assert (delivered_flexibility_kw(load, baseline) == after_kw - 6.0).all()
+    with pytest.raises(ModelError, match="no complete readings in the 1:00:00 after the event"):
+        meter_after(load[load.index < END + timedelta(minutes=30)], START, END)
 
 
 def test_prices_per_interval() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from aggregator.cli import main
-from aggregator.export import read_table, settlement_table, verify_chain, write_table
+from aggregator.export import read_table, settlement_table, verify_table, write_table
 from aggregator.ledger import Ledger, settle_sessions
 from aggregator.model import Measurand, MeterSample
 
@@ -38,13 +38,13 @@ def test_export_round_trips_and_detects_any_edit(tmp_path: Path, suffix: str) ->
     path = tmp_path / f"s{suffix}"
     write_table(table, path)
     again = read_table(path)
-    assert verify_chain(again) is None
+    assert verify_table(again) is None
     assert list(again["imported_kwh"]) == [1.75, 1.75]  # 7 steps of 250 Wh each
     edited = again.copy()
     edited.loc[1, "imported_kwh"] = 17.5  # someone "corrects" a figure
-    assert verify_chain(edited) == 1
+    assert verify_table(edited) == 1
     dropped = again.drop(index=0).reset_index(drop=True)  # or removes a row
-    assert verify_chain(dropped) == 0
+    assert verify_table(dropped) == 0
 
 
 def test_gridflex_settle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -57,7 +57,7 @@ def test_gridflex_settle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     summary = json.loads(capsys.readouterr().out)
     assert summary["sessions"] == 2 and summary["imported_kwh"] == 3.5
     assert summary["exported_kwh"] == 0.0  # one export reading has no delta yet
-    assert verify_chain(read_table(out)) is None
+    assert verify_table(read_table(out)) is None
     assert summary["last_row_hash"] == read_table(out)["row_hash"].iloc[-1]
     with pytest.raises(SystemExit):
         main(["settle", "--ledger", url, "--from", "2026-11-20 16:00", "--to",
