@@ -54,6 +54,9 @@ class ClientConfig:
     ``dcap_path`` is the one entry point: every other resource is found by following hrefs.
     ``poll_rate_s`` / ``post_rate_s`` override the server's pollRate / postRate when set.
     ``default_ttl_s`` bounds how long DefaultDERControl-derived limits outlive a lost link.
+    ``max_concurrency`` bounds the requests in flight (the sites are walked concurrently).
+    ``state_file`` keeps the Responses sent and the MirrorUsagePoint hrefs across restarts
+    (None: in memory only).
     """
 
     server_url: str
@@ -73,6 +76,8 @@ class ClientConfig:
     horizon_s: float = 86_400.0
     default_ttl_s: float = 900.0
     priority: int = 0
+    max_concurrency: int = 8
+    state_file: Path | None = None
 
     @property
     def uses_tls(self) -> bool:
@@ -86,7 +91,7 @@ class ClientConfig:
         known = {"server_url", "dcap_path", "cert_file", "key_file", "ca_file",
                  "allow_plain_http", "request_timeout_s", "max_body_bytes", "page_size",
                  "max_list_items", "poll_rate_s", "post_rate_s", "min_poll_s", "horizon_s",
-                 "default_ttl_s", "priority", "sites"}
+                 "default_ttl_s", "priority", "max_concurrency", "state_file", "sites"}
         _fields.no_unknown(table, known, prefix)
         url = _fields.text(table, "server_url", prefix).rstrip("/")
         parsed = urlparse(url)
@@ -125,6 +130,9 @@ class ClientConfig:
             horizon_s=_number(table, "horizon_s", prefix, 86_400.0, minimum=60.0),
             default_ttl_s=_number(table, "default_ttl_s", prefix, 900.0, minimum=1.0),
             priority=_integer(table, "priority", prefix, 0, minimum=-1_000_000),
+            max_concurrency=_integer(table, "max_concurrency", prefix, 8, minimum=1,
+                                     maximum=64),
+            state_file=_fields.path(table, "state_file", prefix),
         )
 
 

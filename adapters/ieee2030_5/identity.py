@@ -98,6 +98,11 @@ def sfdi_is_valid(value: int) -> bool:
     return value >= 0 and value % 10 == sfdi_check_digit(value // 10)
 
 
+def lfdi_key(value: str) -> str:
+    """An LFDI as a lookup key: lower-case hex without grouping (see :func:`same_lfdi`)."""
+    return value.replace("-", "").lower()
+
+
 def same_lfdi(left: str, right: str) -> bool:
     """Compare two LFDIs the way the standard means them: hex, case and grouping ignored."""
-    return left.replace("-", "").lower() == right.replace("-", "").lower()
+    return lfdi_key(left) == lfdi_key(right)

@@ -23,14 +23,19 @@ The DSO API (what a demo DSO does); a site is named by its EndDevice href, its L
 name given to :meth:`LoopbackServer.client_settings`:
 
 - :meth:`~LoopbackServer.set_import_limit`, :meth:`~LoopbackServer.set_export_limit`
-  (:meth:`~LoopbackServer.publish_control` for both at once) publish a DERControl with
-  ``opModImpLimW`` / ``opModExpLimW`` in the site's DERProgram with the lowest primacy (the
-  one that wins), found through its FunctionSetAssignments;
+  (:meth:`~LoopbackServer.publish_control` for both at once, and for ``opModFixedW``)
+  publish a DERControl with ``opModImpLimW`` / ``opModExpLimW`` in the site's DERProgram
+  with the lowest primacy (the one that wins), found through its FunctionSetAssignments;
 - :meth:`~LoopbackServer.set_default_import_limit`,
   :meth:`~LoopbackServer.set_default_export_limit` set that program's DefaultDERControl;
 - :meth:`~LoopbackServer.cancel_control` cancels a control (EventStatus 2);
 - :meth:`~LoopbackServer.client_settings` gives the table for
-  :meth:`adapters.ieee2030_5.config.ClientConfig.from_mapping` for a set of sites.
+  :meth:`adapters.ieee2030_5.config.ClientConfig.from_mapping` for a set of sites;
+  :meth:`~LoopbackServer.list_sites` lists them as if registered earlier (benchmarks of
+  many sites: enrolment and publishing are indexed, so N sites cost O(N)).
+
+For benchmarks, ``latency_s`` delays every answer (a wide-area round trip), ``busy_s`` sums
+the time spent in the request handler and ``peers`` collects the client connections.
 
 A site that the client has not registered yet can be given limits: it is enrolled (its
 EndDevice resources exist, unlisted) and the client's ``POST /edev`` then gets that href.
@@ -38,6 +43,7 @@ EndDevice resources exist, unlisted) and the client's ``POST /edev`` then gets t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import hashlib
@@ -46,7 +52,8 @@ import math
 import re
 import socket
 import ssl
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -166,6 +173,9 @@ class LoopbackServer:
     ciphers: list[tuple[str, str, int]] = field(default_factory=list)
     retry_after_s: int = 120
     url: str | None = None
+    latency_s: float = 0.0  # added before every answer (a wide-area round trip, benchmarks)
+    busy_s: float = 0.0  # time spent in the request handler (benchmarks: is the server slow?)
+    peers: set[Any] = field(default_factory=set)  # client (host, port)s: one per connection
     _edevs: dict[str, Any] = field(default_factory=dict)
     _edev_order: list[str] = field(default_factory=list)
     _locations: dict[str, str] = field(default_factory=dict)
@@ -179,6 +189,12 @@ class LoopbackServer:
     _refreshed: tuple[int, int] | None = None  # (server second, revision) of the last refresh
     _list_links: dict[str, list[Any]] | None = None  # list href -> links to it
     _mup_by_mrid: dict[str, str] = field(default_factory=dict)
+    _touched: set[str] = field(default_factory=set)  # active lists to refresh
+    _by_active_list: dict[str, list[_Published]] = field(default_factory=dict)
+    _mrids: set[str] | None = None  # every served DERControl mRID (see _known_mrids)
+    _reply_tos: dict[str, str] = field(default_factory=dict)  # EndDevice -> replyTo
+    _template: list[str] | None = None  # the paths of site A's tree (copied on enrolment)
+    _last_edev: int = 0  # the highest /edev/{n} served
 
     def __post_init__(self) -> None:
         folder = RECORDED / self.version
@@ -265,6 +281,15 @@ class LoopbackServer:
                            f"given to client_settings()")
         return self._locations.get(lfdi) or self._enrolled.get(lfdi) or self._enrol(lfdi)
 
+    def list_sites(self, sites: Iterable[str]) -> list[str]:
+        """Enrol ``sites`` and list them in the EndDeviceList, as if registered earlier (a
+        restarted client finds them there); their EndDevice hrefs, in order."""
+        hrefs = [self.end_device(site) for site in sites]
+        listed = set(self.registered)
+        self.registered = (*self.registered, *(href for href in dict.fromkeys(hrefs)
+                                               if href not in listed))
+        return hrefs
+
     def programs(self, site: str) -> list[ProgramRef]:
         """The DERPrograms of ``site``'s FunctionSetAssignments, lowest primacy first."""
         edev = self.docs[self.end_device(site)]
@@ -304,7 +329,8 @@ class LoopbackServer:
 
     def publish_control(self, site: str, start: datetime, duration_s: int, *,
                         import_limit_w: float | None = None,
-                        export_limit_w: float | None = None, mrid: str | None = None,
+                        export_limit_w: float | None = None,
+                        fixed_w_percent: float | None = None, mrid: str | None = None,
                         program: str | None = None) -> str:
         """Publish a DERControl over ``[start, start + duration_s)`` (server time); its mRID.
 
@@ -313,17 +339,25 @@ class LoopbackServer:
         site's ResponseList (``responseRequired`` 03), and is active (EventStatus 1, in the
         ActiveDERControlList) while the server's clock is in its window.  Overlaps are left
         to the client (2030.5: the newer event supersedes).  ``start`` is cut to whole
-        seconds; ``mrid`` (32 hex digits) defaults to a new one.
+        seconds; ``mrid`` (32 hex digits) defaults to a new one.  ``fixed_w_percent`` sends
+        ``opModFixedW`` (a signed % of the DER's rating, + discharge, - charge; whole
+        hundredths of a percent on the wire).
         """
-        if import_limit_w is None and export_limit_w is None:
-            raise ValueError("give import_limit_w, export_limit_w or both")
+        if import_limit_w is None and export_limit_w is None and fixed_w_percent is None:
+            raise ValueError("give import_limit_w, export_limit_w, fixed_w_percent or some")
+        if fixed_w_percent is not None and (
+                isinstance(fixed_w_percent, bool) or not isinstance(fixed_w_percent, int | float)
+                or not -100.0 <= fixed_w_percent <= 100.0):
+            raise ValueError(f"fixed_w_percent must be a number in -100..100, got "
+                             f"{fixed_w_percent!r}")
         if isinstance(duration_s, bool) or not isinstance(duration_s, int) \
                 or not 0 < duration_s <= MAX_DURATION_S:
             raise ValueError(f"duration_s must be a whole number of seconds in 1..2^32-1, "
                              f"got {duration_s!r}")
         base = DERControlBase(
             opModImpLimW=None if import_limit_w is None else active_power(import_limit_w),
-            opModExpLimW=None if export_limit_w is None else active_power(export_limit_w))
+            opModExpLimW=None if export_limit_w is None else active_power(export_limit_w),
+            opModFixedW=None if fixed_w_percent is None else round(fixed_w_percent * 100))
         edev = self.end_device(site)
         ref = self._program(edev, program)
         start_s = math.floor(require_utc(start, "start").timestamp())
@@ -331,13 +365,10 @@ class LoopbackServer:
         mrid = self._new_mrid(edev) if mrid is None else mrid.upper()
         if not _HEX32.fullmatch(mrid):
             raise ValueError(f"mrid must be 32 hex digits, got {mrid!r}")
-        if mrid in self._published or self._controls(mrid):
+        if self._mrid_taken(mrid):
             raise ValueError(f"a DERControl with mRID {mrid} exists already")
         listing = self.docs[ref.control_list]
-        numbers = [int(match.group(1)) for path in (*self.docs, *(item.get("href") or ""
-                                                                  for item in listing))
-                   if (match := re.fullmatch(re.escape(ref.control_list) + r"/([0-9]+)", path))]
-        href = f"{ref.control_list}/{max(numbers, default=0) + 1}"
+        href = self._new_control_href(ref.control_list, listing)
         now_s = self._now_s()
         model = DERControlResponse(
             href=href, replyTo=self._reply_to(edev), responseRequired="03", mRID=mrid,
@@ -350,9 +381,13 @@ class LoopbackServer:
         element = etree.fromstring(serialise(model, csipaus_namespace=self.csipaus_namespace))
         _insert_by_start(listing, element)
         self.docs[href] = element
-        self._published[mrid] = _Published(mrid, href, ref.control_list, ref.active_list,
-                                           element, start_s, end_s)
-        self._revision += 1
+        published = _Published(mrid, href, ref.control_list, ref.active_list, element, start_s,
+                               end_s)
+        self._published[mrid] = published
+        if ref.active_list is not None:
+            self._by_active_list.setdefault(ref.active_list, []).append(published)
+        self._known_mrids().add(mrid)
+        self._touch(ref.active_list)
         self._count_links(ref.control_list, len(listing))
         self._refresh()
         return mrid
@@ -366,7 +401,8 @@ class LoopbackServer:
         for element in found:
             element.find(f"{{{SEP2}}}EventStatus/{{{SEP2}}}currentStatus").text = "2"
             element.find(f"{{{SEP2}}}EventStatus/{{{SEP2}}}dateTime").text = now_s
-        self._revision += 1
+        published = self._published.get(mrid.upper())
+        self._touch(published.active_list if published is not None else None)
         self._refresh()
 
     def set_default_import_limit(self, site: str, import_limit_w: float | None, *,
@@ -412,6 +448,7 @@ class LoopbackServer:
             if etree.QName(limit).localname == "opModImpLimW":
                 limit.find(f"{{{SEP2}}}value").text = str(import_value)
         self.docs[path].append(element)
+        self._known_mrids().add(mrid)
 
     def posts(self, path: str) -> list[Seen]:
         """The POSTs and PUTs received at ``path``."""
@@ -492,9 +529,14 @@ class LoopbackServer:
         now_s = self._now_s()
         if self._refreshed == (now_s, self._revision):
             return
+        # on a new second every control may change state; else only the touched lists
+        every = self._refreshed is None or self._refreshed[0] != now_s
         self._refreshed = (now_s, self._revision)
+        touched, self._touched = self._touched, set()
+        items = self._published.values() if every else [
+            item for path in touched for item in self._by_active_list.get(path, ())]
         active: dict[str, list[_Published]] = {}
-        for item in self._published.values():
+        for item in items:
             status = item.element.find(f"{{{SEP2}}}EventStatus/{{{SEP2}}}currentStatus")
             if status.text == "0" and item.start_s <= now_s:
                 status.text = "1"
@@ -523,25 +565,69 @@ class LoopbackServer:
         if self._list_links is None:
             self._list_links = {}
             for root in self.docs.values():
-                for element in root.iter():
-                    if isinstance(element.tag, str) and element.tag.endswith("ListLink") \
-                            and element.get("href"):
-                        self._list_links.setdefault(element.get("href"), []).append(element)
+                self._index_links(root)
         for element in self._list_links.get(list_href, ()):
             element.set("all", str(count))
+
+    def _index_links(self, root: Any) -> None:
+        """Add the list links in ``root`` to the index of :meth:`_count_links`."""
+        assert self._list_links is not None
+        for element in root.iter():
+            if isinstance(element.tag, str) and element.tag.endswith("ListLink") \
+                    and element.get("href"):
+                self._list_links.setdefault(element.get("href"), []).append(element)
 
     def _new_mrid(self, edev: str) -> str:
         while True:
             self._mrid_count += 1
             mrid = hashlib.sha256(f"gridflex-loopback-control\x1f{edev}\x1f"
                                   f"{self._mrid_count}".encode()).hexdigest()[:32].upper()
-            if mrid not in self._published and not self._controls(mrid):
+            if not self._mrid_taken(mrid):
                 return mrid
+
+    def _mrid_taken(self, mrid: str) -> bool:
+        return mrid in self._published or mrid in self._known_mrids()
+
+    def _known_mrids(self) -> set[str]:
+        """The mRIDs of every served DERControl (indexed once; kept by the DSO API)."""
+        if self._mrids is None:
+            self._mrids = {item.findtext(f"{{{SEP2}}}mRID") for root in self.docs.values()
+                           for item in ([root] if etree.QName(root).localname == "DERControl"
+                                        else root if etree.QName(root).localname
+                                        == "DERControlList" else ())}
+        return self._mrids
+
+    def _new_control_href(self, control_list: str, listing: Any) -> str:
+        """The next free ``{control_list}/{n}``: after the listed ones, not served yet."""
+        prefix = control_list + "/"
+        numbers = [int(href[len(prefix):]) for item in listing
+                   if (href := item.get("href") or "").startswith(prefix)
+                   and href[len(prefix):].isdigit()]
+        number = max(numbers, default=0) + 1
+        while f"{prefix}{number}" in self.docs:
+            number += 1
+        return f"{prefix}{number}"
+
+    def _touch(self, active_list: str | None) -> None:
+        """A published control changed: its active list is refreshed on the next request."""
+        self._revision += 1
+        if active_list is not None:
+            self._touched.add(active_list)
 
     def _reply_to(self, edev: str) -> str:
         """Where the site's Responses go: as its recorded controls say, else as site A's."""
-        for path, root in self.docs.items():
-            if path.startswith(edev + "/") and etree.QName(root).localname == "DERControlList":
+        known = self._reply_tos.get(edev)
+        if known is None:
+            known = self._reply_tos[edev] = self._find_reply_to(edev)
+        return known
+
+    def _find_reply_to(self, edev: str) -> str:
+        enrolled = self._template is not None and edev in self._enrolled.values()
+        paths = [edev + path[len(TEMPLATE_EDEV):] for path in self._template or ()] \
+            if enrolled else [path for path in self.docs if path.startswith(edev + "/")]
+        for path in paths:  # an enrolled site's tree is known: no scan of every site's
+            root = self.docs.get(path)
+            if root is not None and etree.QName(root).localname == "DERControlList":
                 for item in root:
                     if item.get("replyTo"):
                         return str(item.get("replyTo"))
@@ -551,15 +637,17 @@ class LoopbackServer:
 
     def _enrol(self, lfdi: str) -> str:
         """A new EndDevice for ``lfdi`` with a copy of site A's resources, unlisted."""
-        numbers = [int(match.group(1)) for path in (*self.docs, *self._edevs)
-                   if (match := _EDEV.fullmatch(path))]
-        href = f"/edev/{max(numbers, default=0) + 1}"
-        for path, root in list(self.docs.items()):
-            if path != TEMPLATE_EDEV and not path.startswith(TEMPLATE_EDEV + "/"):
-                continue
+        if self._template is None:  # indexed once: a scan per site would be quadratic
+            self._last_edev = max((int(match.group(1)) for path in (*self.docs, *self._edevs)
+                                   if (match := _EDEV.fullmatch(path))), default=0)
+            self._template = [path for path, root in self.docs.items()
+                              if (path == TEMPLATE_EDEV or path.startswith(TEMPLATE_EDEV + "/"))
+                              and etree.QName(root).localname not in _SINGLE_EVENTS]
+        self._last_edev += 1
+        href = f"/edev/{self._last_edev}"
+        for path in self._template:  # not the recorded site's own events and Responses
+            root = self.docs[path]
             local = etree.QName(root).localname
-            if local in _SINGLE_EVENTS:
-                continue  # the recorded site's own events and Responses
             clone = _rebased(root, TEMPLATE_EDEV, href)
             if local in ("DERControlList", "ResponseList"):
                 for child in list(clone):
@@ -579,6 +667,8 @@ class LoopbackServer:
                         and element.tag.endswith(("DERControlListLink", "}ResponseListLink")):
                     element.set("all", "0")
             self.docs[href + path[len(TEMPLATE_EDEV):]] = clone
+            if self._list_links is not None:
+                self._index_links(clone)
         edev = self.docs[href]
         _set_text(edev, "lFDI", lfdi.upper())  # envoy answers the LFDI in upper case
         _set_text(edev, "sFDI", str(sfdi_from_lfdi(lfdi)))
@@ -587,7 +677,6 @@ class LoopbackServer:
         self._edevs[href] = copy.deepcopy(edev)
         self._edev_order.append(href)
         self._enrolled[lfdi] = href
-        self._list_links = None  # new links to index
         return href
 
     def _register(self, body: bytes) -> web.Response:
@@ -628,8 +717,19 @@ class LoopbackServer:
 
     # -- serving ------------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self.latency_s > 0:
+            await asyncio.sleep(self.latency_s)
+        started = time.perf_counter()
+        try:
+            return await self._serve(request)
+        finally:
+            self.busy_s += time.perf_counter() - started
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.requests.append(Seen(request.method, request.path, dict(request.query), body))
+        if request.transport is not None:
+            self.peers.add(request.transport.get_extra_info("peername"))
         ssl_object = request.transport.get_extra_info("ssl_object") \
             if request.transport else None
         if ssl_object is not None:
@@ -663,13 +763,13 @@ class LoopbackServer:
 
     def _get(self, request: web.Request) -> web.Response:
         self._refresh()
-        if request.path == "/edev":
+        if request.path == "/edev":  # built per page: only the page's items are copied
             root = etree.Element(f"{{{SEP2}}}EndDeviceList", nsmap={None: SEP2})
             for key, value in self.edev_list_attrib.items():
                 root.set(key, value)
-            for href in self._edev_order:
-                if href in self.registered:
-                    root.append(copy.deepcopy(self._edevs[href]))
+            listed = set(self.registered)
+            return self._reply(_paged(root, [self._edevs[href] for href in self._edev_order
+                                             if href in listed], request.query))
         else:
             found = self.docs.get(request.path)
             if found is None:
@@ -681,23 +781,13 @@ class LoopbackServer:
                 root = copy.deepcopy(root)
                 root.find(f"{{{SEP2}}}currentTime").text = str(self._now_s())
         if etree.QName(root).localname.endswith("List"):
-            root = self._page(root, request.query)
+            root = _paged(etree.Element(root.tag, attrib=dict(root.attrib), nsmap=root.nsmap),
+                          list(root), request.query)
+        return self._reply(root)
+
+    def _reply(self, root: Any) -> web.Response:
         return web.Response(body=etree.tostring(root),
                             headers={"Content-Type": self.content_type})
-
-    @staticmethod
-    def _page(root: Any, query: Any) -> Any:
-        start = int(query.get("s", "0"))
-        limit = int(query.get("l", "1"))
-        items = list(root)
-        page = copy.deepcopy(root)
-        for child in list(page):
-            page.remove(child)
-        for item in items[start:start + limit]:
-            page.append(copy.deepcopy(item))
-        page.set("all", str(len(items)))
-        page.set("results", str(len(page)))
-        return page
 
     async def _fault(self, fault: str, request: web.Request) -> web.StreamResponse:
         if fault in ("429", "503"):
@@ -726,6 +816,18 @@ class LoopbackServer:
                     await response.write(chunk)
             return response
         raise AssertionError(f"unknown fault {fault!r}")
+
+
+def _paged(shell: Any, items: Sequence[Any], query: Any) -> Any:
+    """``shell`` (an empty list element) filled with copies of the page ``s``/``l`` asks for
+    (no ``l``: one item, as envoy does), with ``all`` and ``results`` set."""
+    start = int(query.get("s", "0"))
+    limit = int(query.get("l", "1"))
+    for item in items[start:start + limit]:
+        shell.append(copy.deepcopy(item))
+    shell.set("all", str(len(items)))
+    shell.set("results", str(len(shell)))
+    return shell
 
 
 def _rebased(root: Any, old: str, new: str) -> Any:

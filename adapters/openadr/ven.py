@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
-import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -36,6 +33,7 @@ from openleadr import OpenADRClient
 
 from adapters.openadr.config import VenConfig
 from adapters.openadr.signals import SOURCE, BaselineKw, EventError, EventPlan, translate
+from adapters.state_file import read_json, write_json
 from aggregator.constraints import ConstraintSink
 from aggregator.dr_events import DrEvent
 from aggregator.opt_policy import OptDecision, always_opt_in
@@ -207,9 +205,7 @@ class Ven:
 
     def _load_state(self) -> dict[str, str]:
         try:
-            data = json.loads(self.config.state_file.read_text())
-        except FileNotFoundError:
-            return {}
+            data = read_json(self.config.state_file)
         except (OSError, ValueError) as err:
             log.warning("VEN state file %s unreadable (%s): registering afresh",
                         self.config.state_file, err)
@@ -221,13 +217,7 @@ class Ven:
     def _save_state(self) -> None:
         state = {"vtn_url": self.config.vtn_url, "ven_name": self.config.ven_name,
                  "ven_id": self.ven_id, "registration_id": self.registration_id}
-        path = self.config.state_file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as handle:
-            json.dump(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
+        write_json(self.config.state_file, state)
 
     # -- running ---------------------------------------------------------------------------
     async def poll_once(self) -> None:

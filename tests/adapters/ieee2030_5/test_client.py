@@ -227,6 +227,19 @@ async def test_responses_posted_once_and_only_after_a_2xx(rig: Rig) -> None:
     assert [seen for seen in rig.server.requests[before:] if seen.method == "POST"] == []
 
 
+@with_rig(max_list_items=1)
+async def test_every_site_is_found_in_the_end_device_list_beyond_max_list_items(
+        rig: Rig) -> None:
+    outcome = await rig.client.poll_once()
+    assert outcome.ok, outcome.reason
+    assert rig.server.posts("/edev") == []  # site B (the 3rd EndDevice) is not registered
+    assert [seen.query["s"] for seen in rig.server.requests
+            if seen.method == "GET" and seen.path == "/edev"] == ["0", "1", "2"]
+    assert rig.client.sites["b"].edev_href == "/edev/2"
+    derc = [seen for seen in rig.server.requests if seen.path == "/edev/1/derp/1/derc"]
+    assert len(derc) == 1  # other lists keep the cap
+
+
 @with_rig()
 async def test_cancel_add_and_poll_rate_changes_are_followed(rig: Rig) -> None:
     assert (await rig.client.poll_once()).ok
@@ -291,6 +304,23 @@ async def test_retry_after_is_honoured(rig: Rig) -> None:
     rig.clock.now += timedelta(seconds=121)
     assert (await rig.client.poll_once()).ok
     assert rig.book.link_is_up(SOURCE)
+
+
+@with_rig(max_concurrency=2)
+async def test_a_back_off_in_one_sites_walk_stops_the_concurrent_poll(rig: Rig) -> None:
+    rig.server.faults["/edev/2/fsa"] = "503"  # site B's walk; site A's runs alongside
+    outcome = await rig.client.poll_once()
+    assert not outcome.ok and "HTTP 503, retry after 120 s" in outcome.reason
+    assert rig.client.backoff_until == rig.clock.now + timedelta(seconds=120)
+    assert not rig.book.link_is_up(SOURCE)
+    assert rig.server.posts("/edev/1/rsps/site_control/rsp") == []  # nothing applied
+    assert len(rig.server.peers) <= 2  # at most max_concurrency connections
+    del rig.server.faults["/edev/2/fsa"]
+    rig.clock.now += timedelta(seconds=121)
+    again = await rig.client.poll_once()
+    assert again.ok and set(again.published) == {"a", "b"}
+    assert rig.book.limit_kw("site-a", "import", rig.clock.now) == 7.0
+    assert rig.book.limit_kw("site-b", "import", rig.clock.now) == 120.0
 
 
 @pytest.mark.parametrize(("path", "fault", "words"), [

@@ -41,6 +41,7 @@ SIM_START = (datetime.now(UTC) + timedelta(days=1)).replace(hour=16, minute=0, s
 SITES = {"depot": "site-depot", "fleet": "site-fleet"}
 RECORDED_SITE_A_LFDI = "d1bae45aeabc08255827c6c778d71883eb3f59de"
 SECOND = timedelta(seconds=1)
+R = ResponseStatus
 
 
 class SimClock:
@@ -70,11 +71,16 @@ class Rig:
 
     def responses(self, site: str) -> list[tuple[str, int]]:
         """(subject, status) of every Response the client posted for ``site``."""
-        edev = self.server.end_device(site)
-        replies = [parse(seen.body, DERControlReply)
-                   for seen in self.server.posts(f"{edev}/rsps/site_control/rsp")]
-        assert all(reply.status is not None for reply in replies)
-        return [(reply.subject, int(reply.status or 0)) for reply in replies]
+        return responses(self.server, site)
+
+
+def responses(server: LoopbackServer, site: str, since: int = 0) -> list[tuple[str, int]]:
+    """(subject, status) of the Responses posted for ``site`` (from the ``since``-th on)."""
+    edev = server.end_device(site)
+    replies = [parse(seen.body, DERControlReply)
+               for seen in server.posts(f"{edev}/rsps/site_control/rsp")[since:]]
+    assert all(reply.status is not None for reply in replies)
+    return [(reply.subject, int(reply.status or 0)) for reply in replies]
 
 
 @contextlib.asynccontextmanager
@@ -109,6 +115,20 @@ async def listed(server: LoopbackServer, path: str | None) -> list[str]:
         assert reply.status == 200
         root = etree.fromstring(await reply.read())
     return [item.findtext(f"{{{SEP2}}}mRID") for item in root]
+
+
+async def listed_edevs(server: LoopbackServer) -> list[str]:
+    """The EndDevice hrefs a GET of the EndDeviceList answers, paged by 2 (s/l)."""
+    assert server.url is not None
+    found: list[str] = []
+    async with aiohttp.ClientSession() as session:
+        while True:
+            async with session.get(f"{server.url}/edev",
+                                   params={"s": str(len(found)), "l": "2"}) as reply:
+                root = etree.fromstring(await reply.read())
+            found.extend(item.get("href") for item in root)
+            if len(root) == 0 or len(found) >= int(root.get("all")):
+                return found
 
 
 # -- settings and registration -------------------------------------------------------------
@@ -172,6 +192,15 @@ def test_new_sites_register_and_get_the_recorded_programs(version: str) -> None:
             # a second poll does not register again
             await r.poll()
             assert len(r.server.posts("/edev")) == 2
+            # sites listed by the DSO API are found in the EndDeviceList, not registered
+            more = {f"extra-{i}": f"site-extra-{i}" for i in range(3)}
+            r.server.client_settings(more)
+            hrefs = r.server.list_sites(more)
+            assert hrefs == ["/edev/5", "/edev/6", "/edev/7"]
+            assert r.server.list_sites(more) == hrefs  # listed once
+            assert r.server.registered[-3:] == tuple(hrefs)
+            listed = await listed_edevs(r.server)
+            assert listed[-3:] == hrefs and len(listed) == len(set(listed))
     asyncio.run(main())
 
 
@@ -398,8 +427,125 @@ def test_bad_requests_are_refused() -> None:
                                 mrid="30000000000000000000000100000000")
     with pytest.raises(ValueError, match="import_limit_w"):
         server.publish_control("/edev/1", start, 60)
+    for bad_percent in (150.0, -100.5, True):
+        with pytest.raises(ValueError, match="fixed_w_percent"):
+            server.publish_control("/edev/1", start, 60, fixed_w_percent=bad_percent)
     with pytest.raises(ValueError):  # naive datetimes are refused
         server.set_import_limit("/edev/1", start.replace(tzinfo=None), 60, 1000)
     with pytest.raises(ValueError, match="recorded versions"):
         LoopbackServer(version="envoy-v9")
     assert all((RECORDED / version / "README.md").is_file() for version in VERSIONS)
+
+
+# -- opModFixedW: a site setpoint, through the book into the plan ------------------------------
+
+def test_fixed_w_control_becomes_a_setpoint_the_plan_follows_within_caps() -> None:
+    """A DERControl with opModFixedW -50 % (charge) on a site rated 20 kW becomes a 10 kW
+    import setpoint in the book; the planner draws 10 kW in its window, and 8 kW where an
+    import limit of 8 kW comes with it (the cap is hard, the setpoint soft)."""
+    from aggregator.model import Evse, GridNode, GridTree, NodeKind, Session
+    from aggregator.planning import build_problem, to_schedule
+    from aggregator.scenario import Scenario
+    from optimizer import solve
+
+    start = SIM_START
+    window = timedelta(minutes=30)
+    tree = GridTree((GridNode("site-depot", NodeKind.SITE),),
+                    tuple(Evse(f"D-0{i}", "site-depot", max_import_kw=11.0) for i in (1, 2)))
+    scenario = Scenario(name="fixed-w", start=start, interval=timedelta(minutes=15),
+                        n_intervals=12, tree=tree, sessions=tuple(
+                            Session(f"s-{i}", f"D-0{i}", start, start + timedelta(hours=3),
+                                    battery_capacity_kwh=60.0, soc_initial=0.3,
+                                    max_charge_kw=11.0, energy_requested_kwh=12.0)
+                            for i in (1, 2)))
+
+    def site_kw(case: Scenario) -> Any:
+        problem, index = build_problem(case)
+        solution = solve(problem)
+        assert solution.ok
+        return to_schedule(solution, problem, index).node_load_kw(tree, "site-depot")
+
+    async def main() -> None:
+        clock = SimClock()
+        server = LoopbackServer(clock=clock)
+        await server.start()
+        settings = server.client_settings({"depot": "site-depot"},
+                                          evses={"depot": ["D-01", "D-02"]}, min_poll_s=1)
+        settings["sites"]["depot"].update(fixed_w_charge_basis_kw=20.0,
+                                          fixed_w_discharge_basis_kw=20.0)
+        book = ConstraintBook(started_at=clock.now)
+        client = Sep2Client(ClientConfig.from_mapping(settings), book, clock=clock)
+        try:
+            setpoint = server.publish_control("depot", start + window, 1800,
+                                              fixed_w_percent=-50.0)
+            capped = server.publish_control("depot", start + 2 * window, 1800,
+                                            fixed_w_percent=-50.0, import_limit_w=8_000)
+            sent = parse(etree.tostring(server.control(server.programs("depot")[0]
+                                                       .control_list, setpoint)),
+                         DERControlResponse).DERControlBase_
+            assert sent.opModFixedW == -5000  # hundredths of a percent on the wire
+            assert (await client.poll_once()).ok
+            in_book = sorted(((c.start, c.setpoint_kw, c.import_max_kw, c.source_ref)
+                              for c in book.published() if c.node_id == "site-depot"),
+                             key=lambda item: (item[0], item[1] is None))
+            assert [(at - start, kw, cap) for at, kw, cap, _ in in_book] == [
+                (window, 10.0, None), (2 * window, 10.0, None), (2 * window, None, 8.0)]
+            assert f"DERControl {setpoint}" in in_book[0][3]
+            assert "opModFixedW -50 % -> site site-depot setpoint 10 kW" in in_book[0][3]
+            assert f"DERControl {capped}" in in_book[1][3]
+            planned = book.context_for(scenario)
+            load = site_kw(planned)
+            first = load[(load.index >= start + window) & (load.index < start + 2 * window)]
+            second = load[(load.index >= start + 2 * window)
+                          & (load.index < start + 3 * window)]
+            assert list(first) == pytest.approx([10.0, 10.0], abs=1e-6)
+            assert list(second) == pytest.approx([8.0, 8.0], abs=1e-6)
+            free = site_kw(scenario)  # without the DSO's control the plan differs there
+            assert any(abs(kw - 10.0) > 1e-3 for kw in free[first.index])
+        finally:
+            await client.close()
+            await server.stop()
+    asyncio.run(main())
+
+
+# -- every kind of Response, over the wire ----------------------------------------------------
+
+def test_every_response_kind_reaches_the_server_once() -> None:
+    """Superseded (by a newer overlapping event, and by the server), not applicable,
+    invalid and received late: each POSTed once, with the started / completed ones."""
+    async def main() -> None:
+        async with rig() as r:
+            await r.poll()
+            now = r.clock.now
+            older = r.server.set_import_limit("depot", now - timedelta(minutes=5), 3600, 9_000)
+            r.clock.advance(1)  # the newer one is created later
+            newer = r.server.set_import_limit("depot", now + timedelta(minutes=10), 600, 6_000)
+            by_server = r.server.set_import_limit("depot", now, 600, 7_000)
+            r.server.set_status(r.server.programs("depot")[0].control_list, by_server, 4,
+                                int(now.timestamp()))
+            fixed_only = r.server.publish_control("depot", now, 600, fixed_w_percent=-40.0)
+            invalid = r.server.set_import_limit("depot", now, 600, 5_000)
+            element = r.server.control(r.server.programs("depot")[0].control_list, invalid)
+            for item in element.iter():
+                if etree.QName(item).localname == "multiplier":
+                    item.text = "99"  # 7 kW x 10^99: outside -9..9
+            late = r.server.set_import_limit("depot", now - timedelta(hours=2), 600, 4_000)
+            await r.poll()
+            assert sorted(r.responses("depot")) == sorted([
+                (older, R.RECEIVED), (older, R.STARTED), (newer, R.RECEIVED),
+                (by_server, R.RECEIVED), (by_server, R.SUPERSEDED),
+                (fixed_only, R.NOT_APPLICABLE), (invalid, R.INVALID),
+                (late, R.RECEIVED_LATE)])
+            assert r.book.limit_kw("site-depot", "import", r.clock.now) == 9.0
+            r.clock.now = now + timedelta(minutes=11)  # the newer one has taken over
+            await r.poll()
+            assert r.book.limit_kw("site-depot", "import", r.clock.now) == 6.0
+            r.clock.now = now + timedelta(minutes=21)  # ... and ended; the older stays over
+            await r.poll()
+            assert r.book.limit_kw("site-depot", "import", r.clock.now) is None
+            final = r.responses("depot")
+            assert final[8:] == [(older, R.SUPERSEDED), (newer, R.STARTED),
+                                 (newer, R.COMPLETED)]
+            assert len(final) == len(set(final))  # none twice
+            assert not {status for _, status in final} & {4, 5}  # gridflex never opts out
+    asyncio.run(main())

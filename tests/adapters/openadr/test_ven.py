@@ -110,6 +110,23 @@ async def test_registers_persists_ids_and_reuses_them(rig: Rig) -> None:
     await again.stop()
 
 
+@in_loop
+async def test_a_corrupt_state_file_registers_afresh_and_is_replaced(tmp_path: Path) -> None:
+    (tmp_path / "ven.json").write_text('{"vtn_url": "truncated')
+    vtn = LoopbackVtn(port=free_port())
+    await vtn.start()
+    ven = Ven(ven_config(vtn, tmp_path), ConstraintBook(started_at=now()))
+    try:
+        assert ven.ven_id is None  # nothing usable was loaded
+        assert await ven.register()
+        state = json.loads((tmp_path / "ven.json").read_text())
+        assert state["ven_id"] == ven.ven_id and state["vtn_url"] == vtn.url
+        assert [p.name for p in tmp_path.iterdir()] == ["ven.json"]  # no temporary left
+    finally:
+        await ven.stop()
+        await vtn.stop()
+
+
 @with_rig
 async def test_event_becomes_constraints_and_the_vtn_gets_opt_in(rig: Rig) -> None:
     await rig.ven.register()
