@@ -373,6 +373,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     iec.add_argument("--seed", type=int, default=61850)
     iec.add_argument("--json", action="store_true", help="JSON lines only")
 
+    sep2 = benches.add_parser("ieee2030_5", help="IEEE 2030.5 client: a full discovery walk "
+                              "and one poll cycle for N sites against the loopback server")
+    sep2.add_argument("--sites", default="1,100,1000",
+                      help="comma-separated site counts (one run each)")
+    sep2.add_argument("--page-size", type=int, default=50, help="list page size (s/l), 1..255")
+    sep2.add_argument("--concurrency", type=int, default=None,
+                      help="requests in flight (default: the client's 8)")
+    sep2.add_argument("--latency-ms", type=float, default=0.0,
+                      help="delay every server answer (a wide-area round trip)")
+    sep2.add_argument("--no-state-file", action="store_true",
+                      help="run the client without its state file")
+    sep2.add_argument("--json", action="store_true", help="JSON lines only")
+
     e2e = benches.add_parser("e2e", help="DSO event at a real OpenADR VTN until every "
                              "station has accepted its new profile (gridflex serve in its "
                              "own process), against an operator re-plan as the baseline")
@@ -459,6 +472,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench_iec61850(modes, args.samples, args.json,
                               poll_interval_s=args.poll_interval,
                               integrity_period_s=args.integrity_period, seed=args.seed)
+    if args.command == "bench" and args.bench == "ieee2030_5":
+        from aggregator.bench_ieee2030_5 import bench_ieee2030_5
+        try:
+            sites = [int(x) for x in args.sites.split(",") if x.strip()]
+            return bench_ieee2030_5(sites, args.json, page_size=args.page_size,
+                                    concurrency=args.concurrency,
+                                    state_file=not args.no_state_file,
+                                    latency_ms=args.latency_ms)
+        except ValueError as err:
+            parser.error(f"bench ieee2030_5: {err}")
     if args.command == "bench" and args.bench == "quality":
         from aggregator.bench_quality import bench_quality
         if args.sessions < 1 or (args.evses is not None and args.evses < 1):

@@ -74,6 +74,7 @@ class DemoRun:
     violations: list[str] = field(default_factory=list)
     latencies_s: list[float] = field(default_factory=list)
     plans: int = 0
+    mirror_posts: int = 0  # MirrorUsagePoint / MirrorMeterReading POSTs the 2030.5 DSO got
 
 
 def _fleet(settings: DemoSettings, origin: datetime) -> tuple[GridTree, list[dict[str, Any]]]:
@@ -141,7 +142,8 @@ async def run_demo(settings: DemoSettings, progress: Callable[[str], None] = pri
     await substation.set_limit(55_000.0, origin)
     dso2 = LoopbackServer(clock=clock)
     await dso2.start()
-    sep2_settings = dso2.client_settings({"office": "office"}, poll_rate_s=1, min_poll_s=1)
+    sep2_settings = dso2.client_settings({"office": "office"}, poll_rate_s=1, min_poll_s=1,
+                                         post_rate_s=2)  # the office's metering, mirrored
     dso2.set_import_limit("office", origin, int(settings.hours * 3600), 45_000.0)
     dso2.set_export_limit("office", origin, int(settings.hours * 3600), 15_000.0)
     interval_real_s = clock.real_s(timedelta(minutes=15))
@@ -214,6 +216,8 @@ async def run_demo(settings: DemoSettings, progress: Callable[[str], None] = pri
         for station in stations:
             await station.close()
         await service.stop()
+        run.mirror_posts = sum(1 for seen in dso2.requests
+                               if seen.method == "POST" and seen.path.startswith("/mup"))
         await dso2.stop()
         await substation.stop()
         await vtn.stop()
@@ -338,6 +342,7 @@ def _summarise(settings: DemoSettings, origin: datetime, ended: datetime, tree: 
         "event_latency_samples": len(run.latencies_s),
         "flagged_sessions": sum(1 for r in settled if r.resets or r.gaps),
         "meter_samples": ledger.count(),
+        "ieee2030_5_mirror_posts": run.mirror_posts,
         "wall_s": round(wall_s, 1),
         "report_png": str(png),
         "ledger": str(ledger_file),

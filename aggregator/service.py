@@ -14,7 +14,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from adapters.ocpp.csms import Csms, CsmsConfig, StationEvent
 from aggregator.clock import Clock, utc_now
@@ -27,6 +27,15 @@ from aggregator.model import MeterSample, Schedule
 from aggregator.plans import record_plan
 from aggregator.service_config import ServiceConfig
 from aggregator.sessions import SessionTracker
+
+
+class NodeMetering(NamedTuple):
+    """What the EVs below a node metered: net power now (+ import), energy registers."""
+
+    power_kw: float
+    imported_kwh: float
+    exported_kwh: float
+
 
 log = logging.getLogger("gridflex.service")
 
@@ -93,16 +102,27 @@ class Service:
             from adapters.openadr.ven import NodeTelemetry, Ven
 
             def telemetry(node: str) -> NodeTelemetry:
-                power_kw, energy_kwh = self.node_metering(node)
-                return NodeTelemetry(power_w=power_kw * 1e3, energy_wh=energy_kwh * 1e3)
+                metered = self.node_metering(node)
+                return NodeTelemetry(power_w=metered.power_kw * 1e3,
+                                     energy_wh=metered.imported_kwh * 1e3)
 
             self.adapters["openadr"] = Ven(
                 c.openadr, self.book, telemetry=telemetry, clock=self.clock,
                 baseline_kw=self.planned_node_kw,
                 journal=functools.partial(record_event, self.ledger))
         if c.ieee2030_5 is not None:
-            from adapters.ieee2030_5.client import Sep2Client
-            self.adapters["ieee2030_5"] = Sep2Client(c.ieee2030_5, self.book, clock=self.clock)
+            from adapters.ieee2030_5.client import Sep2Client, SiteTelemetry
+            sites = {name: site.nodes.site for name, site in c.ieee2030_5.sites.items()}
+
+            def site_telemetry(name: str) -> SiteTelemetry:
+                """The EV load gridflex meters at the site (its MirrorUsagePoint)."""
+                metered = self.node_metering(sites[name])
+                return SiteTelemetry(power_w=metered.power_kw * 1e3,
+                                     import_wh=metered.imported_kwh * 1e3,
+                                     export_wh=metered.exported_kwh * 1e3, at=self.clock())
+
+            self.adapters["ieee2030_5"] = Sep2Client(c.ieee2030_5, self.book, clock=self.clock,
+                                                     telemetry=site_telemetry)
         if c.iec61850 is not None:
             from adapters.iec61850.client import Iec61850Source
             self.adapters["iec61850"] = Iec61850Source(c.iec61850, self.book, clock=self.clock)
@@ -116,15 +136,16 @@ class Service:
         return await dispatch(self.csms, schedule, {e.evse_id: e for e in self.config.tree.evses},
                               previous=self.controller.schedule)
 
-    def node_metering(self, node_id: str) -> tuple[float, float]:
-        """Measured EV power (kW) now and energy imported (kWh) so far below ``node_id``."""
+    def node_metering(self, node_id: str) -> NodeMetering:
+        """Measured EV power now and energy imported and exported so far below ``node_id``."""
         tree = self.config.tree
         below = {e.evse_id for e in tree.evses if node_id in (e.evse_id, *tree.ancestors(
             e.node_id))}
         live = [s for s in self.tracker.live.values() if s.session.evse_id in below]
         done = [s for s in self.tracker.finished if s.session.evse_id in below]
-        return (sum(s.power_kw or 0.0 for s in live),
-                sum(s.imported_kwh for s in (*live, *done)))
+        return NodeMetering(sum(s.power_kw or 0.0 for s in live),
+                            sum(s.imported_kwh for s in (*live, *done)),
+                            sum(s.exported_kwh for s in (*live, *done)))
 
     def planned_node_kw(self, node_id: str, start: datetime, end: datetime) -> float:
         """The current plan's mean EV load below ``node_id`` over a window (the VEN's

@@ -25,6 +25,7 @@ def test_live_demo_keeps_every_cap_settles_v2g_and_reports(tmp_path: Path) -> No
     assert summary["event_latency_samples"] == 3
     assert 0.0 < summary["event_to_profiles_p99_s"] < 60.0
     assert summary["meter_samples"] > 1000 and summary["flagged_sessions"] == 0
+    assert summary["ieee2030_5_mirror_posts"] >= 2  # the office's metering reached the DSO
     png = Path(summary["report_png"])
     assert png.stat().st_size > 10_000
     stored = json.loads((tmp_path / "summary.json").read_text())
