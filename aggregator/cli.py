@@ -373,6 +373,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     iec.add_argument("--seed", type=int, default=61850)
     iec.add_argument("--json", action="store_true", help="JSON lines only")
 
+    ocpp_bench = benches.add_parser(
+        "ocpp", help="N OCPP stations (a child process) connect at once and meter; fan-out "
+                     "of a new plan until every station answered SetChargingProfile, against "
+                     "a bare ClearChargingProfile fan-out in the same run")
+    ocpp_bench.add_argument("--stations", default="2000",
+                            help="comma-separated fleet sizes (one run each), e.g. 200,2000")
+    ocpp_bench.add_argument("--rounds", type=int, default=5, help="measured rounds per size")
+    ocpp_bench.add_argument("--meter-interval", type=float, default=5.0, metavar="S",
+                            help="each station sends MeterValues this often")
+    ocpp_bench.add_argument("--quiet", type=float, default=None, metavar="S",
+                            help="the meter-rate window (default: twice the meter interval)")
+    ocpp_bench.add_argument("--horizon", type=int, default=96, metavar="INTERVALS",
+                            help="plan length in 15-minute intervals")
+    ocpp_bench.add_argument("--periods", type=int, default=24,
+                            help="distinct periods per profile (= --horizon: one per interval)")
+    ocpp_bench.add_argument("--no-verify", action="store_true",
+                            help="skip the read-back rounds (dispatch verify=True)")
+    ocpp_bench.add_argument("--library-validation", action="store_true",
+                            help="validate messages (both sides) with the ocpp library's "
+                                 "validators alone, not gridflex's compiled schemas in front")
+    ocpp_bench.add_argument("--seed", type=int, default=7)
+    ocpp_bench.add_argument("--json", action="store_true", help="JSON lines only")
+
     sep2 = benches.add_parser("ieee2030_5", help="IEEE 2030.5 client: a full discovery walk "
                               "and one poll cycle for N sites against the loopback server")
     sep2.add_argument("--sites", default="1,100,1000",
@@ -472,6 +495,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench_iec61850(modes, args.samples, args.json,
                               poll_interval_s=args.poll_interval,
                               integrity_period_s=args.integrity_period, seed=args.seed)
+    if args.command == "bench" and args.bench == "ocpp":
+        from aggregator.bench_ocpp import bench_ocpp
+        try:
+            sizes = [int(x) for x in args.stations.split(",") if x.strip()]
+            return bench_ocpp(sizes, args.rounds, args.json,
+                              meter_interval_s=args.meter_interval, quiet_s=args.quiet,
+                              horizon_intervals=args.horizon, periods=args.periods,
+                              verify=not args.no_verify,
+                              library_validation=args.library_validation, seed=args.seed)
+        except ValueError as err:
+            parser.error(f"bench ocpp: {err}")
     if args.command == "bench" and args.bench == "ieee2030_5":
         from aggregator.bench_ieee2030_5 import bench_ieee2030_5
         try:

@@ -87,11 +87,16 @@ def _periods(request: ProfileRequest) -> list[dict[str, Any]]:
     station_cap = request.purpose in MAX_PURPOSES.values()  # shared by the station's EVSEs
     step_s = int(request.interval.total_seconds())
     periods: list[dict[str, Any]] = []
+    last: float | None = None
+    last_body: dict[str, Any] | None = None
     # Python floats: numpy scalars make the rounding below several times slower
     for position, power in enumerate(request.power_kw.to_numpy(dtype=float).tolist()):
+        if power == last:
+            continue  # the same power makes the same period: extend it (NaN != NaN)
+        last = power
         if not math.isfinite(power):
             raise ProfileError(f"power_kw: not a number at interval {position}")
-        period: dict[str, Any] = {"startPeriod": position * step_s}
+        body: dict[str, Any] = {}  # the period but its start
         if power < -TOLERANCE_KW:
             if station_cap:
                 raise ProfileError(f"power_kw: a station cap cannot be negative "
@@ -101,18 +106,18 @@ def _periods(request: ProfileRequest) -> list[dict[str, Any]]:
                                    f"{version.value}, v2g_capable={evse.v2g_capable}), but "
                                    f"the plan discharges {-power:.3f} kW at interval {position}")
             magnitude = to_rate(evse, -power, unit)
-            period.update(operationMode="CentralSetpoint", setpoint=-magnitude,
-                          dischargeLimit=-magnitude, limit=0.0)
+            body.update(operationMode="CentralSetpoint", setpoint=-magnitude,
+                        dischargeLimit=-magnitude, limit=0.0)
         else:
-            period["limit"] = to_rate(evse, max(power, 0.0), unit, minimum=not station_cap)
+            body["limit"] = to_rate(evse, max(power, 0.0), unit, minimum=not station_cap)
             if version is OcppVersion.V21 and evse.can_discharge and not station_cap:
-                period["operationMode"] = "ChargingOnly"
+                body["operationMode"] = "ChargingOnly"
         if unit == "A":
-            period["numberPhases"] = evse.phases
-        if periods and {k: v for k, v in periods[-1].items() if k != "startPeriod"} == {
-                k: v for k, v in period.items() if k != "startPeriod"}:
+            body["numberPhases"] = evse.phases
+        if body == last_body:
             continue  # same as the period before: extend it
-        periods.append(period)
+        last_body = body
+        periods.append({"startPeriod": position * step_s, **body})
     return periods
 
 

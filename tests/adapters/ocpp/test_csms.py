@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -335,3 +336,30 @@ def test_ocpp21_per_phase_limits_are_sent_with_their_spec_names() -> None:
             assert sorted(per_phase.values()) == [6.0, 10.0]
 
     run(body)
+
+
+@pytest.mark.parametrize(("station_id", "subprotocol", "password"), VERSIONS)
+def test_a_profile_the_schema_refuses_is_not_sent_and_its_status_says_why(
+        station_id: str, subprotocol: str, password: str) -> None:
+    # set_charging_profile sends the encoder's camelCase payload as it is: still checked
+    evse = EVSES[station_id]
+    planned = pd.Series([7.4], index=pd.date_range(datetime(2026, 11, 20, 16, tzinfo=UTC),
+                                                   periods=1, freq="15min", tz="UTC"))
+    good = set_charging_profile(ProfileRequest(
+        evse=evse, power_kw=planned, interval=timedelta(minutes=15), profile_id=3,
+        stack_level=1, purpose="TxDefaultProfile"))
+    bad = json.loads(json.dumps(good))
+    (bad.get("chargingProfile") or bad["csChargingProfiles"])["stackLevel"] = "top"
+    found: list[str] = []
+
+    async def body(csms: Csms, url: str) -> None:
+        async with station(url, station_id, subprotocol, password=password) as cp:
+            await boot(cp, subprotocol)
+            await until(lambda: station_id in csms.connected)
+            found.append(await csms.set_charging_profile(station_id, bad))
+            found.append(str(len(cp.profiles)))
+            found.append(await csms.set_charging_profile(station_id, good))
+
+    run(body)
+    assert found[0].startswith("TypeConstraintViolationError") and "stackLevel" in found[0]
+    assert found[1:] == ["0", "Accepted"]
