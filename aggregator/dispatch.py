@@ -19,6 +19,7 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from adapters.ocpp.csms import Csms
@@ -80,24 +81,35 @@ async def dispatch(csms: Csms, schedule: Schedule, evses: Mapping[str, Evse], *,
 
 
 def decreases(schedule: Schedule, previous: Schedule | None) -> set[str]:
-    """The EVSEs whose import and export now are both no more than the previous plan's.
+    """The EVSEs whose import and export are nowhere above the previous plan's.
 
-    Without a previous plan every EVSE counts as a decrease (one concurrent round); an
-    EVSE the previous plan did not cover, or one that turns from import to export, waits.
+    Compared on every interval both plans cover, not only the first: a station whose
+    profile reaches the next period before another's does must not meet an increase
+    there either.  Without a previous plan every EVSE counts as a decrease (one
+    concurrent round); an EVSE the previous plan did not cover waits.
     """
-    if previous is None or schedule.power_kw.empty:
-        return set(schedule.power_kw.columns)
-    start = schedule.intervals[0]
+    new = schedule.power_kw
+    if previous is None or new.empty:
+        return set(new.columns)
     rows = previous.power_kw.index
-    position = int(rows.searchsorted(start, side="right")) - 1
-    if position < 0 or start >= rows[position] + previous.interval:
-        return set()
-    before = previous.power_kw.iloc[position]
-    now = schedule.power_kw.iloc[0]
-    return {evse_id for evse_id in schedule.power_kw.columns
-            if evse_id in before.index
-            and max(now[evse_id], 0.0) <= max(before[evse_id], 0.0) + FOLLOW_TOLERANCE_KW
-            and max(-now[evse_id], 0.0) <= max(-before[evse_id], 0.0) + FOLLOW_TOLERANCE_KW}
+    position = rows.searchsorted(new.index, side="right") - 1
+    step_ns = int(previous.interval.total_seconds() * 1e9)
+    ends_ns = pd.DatetimeIndex(rows).as_unit("ns").asi8[position.clip(0)] + step_ns
+    covered = (position >= 0) & (pd.DatetimeIndex(new.index).as_unit("ns").asi8 < ends_ns)
+    if not covered.any():
+        return set()  # the previous plan has ended: what the stations do is not known
+    before = previous.power_kw.iloc[position[covered]].to_numpy()
+    now = new[covered]
+    old_columns = {column: k for k, column in enumerate(previous.power_kw.columns)}
+    found = set()
+    for evse_id in new.columns:
+        if evse_id not in old_columns:
+            continue
+        was, will = before[:, old_columns[evse_id]], now[evse_id].to_numpy()
+        if (np.maximum(will, 0.0) <= np.maximum(was, 0.0) + FOLLOW_TOLERANCE_KW).all() and \
+                (np.maximum(-will, 0.0) <= np.maximum(-was, 0.0) + FOLLOW_TOLERANCE_KW).all():
+            found.add(evse_id)
+    return found
 
 
 class _Gate:

@@ -196,14 +196,19 @@ def test_which_evses_decrease_against_the_previous_plan() -> None:
 
     from aggregator.dispatch import decreases
 
-    before = schedule({"A": [11.0] * 4, "B": [0.0] * 4, "C": [5.0] * 4, "D": [-7.0] * 4})
+    before = schedule({"A": [11.0] * 4, "B": [0.0] * 4, "C": [5.0] * 4, "D": [-7.0] * 4,
+                       "F": [5.0] * 4})
     later = replace(before, power_kw=before.power_kw.iloc[1:])
-    now = {"A": [4.0] * 3, "B": [6.0] * 3, "C": [-2.0] * 3, "D": [-3.0] * 3, "E": [1.0] * 3}
+    now = {"A": [4.0] * 3, "B": [6.0] * 3, "C": [-2.0] * 3, "D": [-3.0] * 3, "E": [1.0] * 3,
+           "F": [4.0, 6.0, 0.0]}
     index = pd.date_range(T0 + STEP, periods=3, freq=STEP, tz="UTC")
     plan = replace(before, power_kw=pd.DataFrame(now, index=index))
-    # A and D go towards zero; B rises, C turns to export, E is new: they wait
+    # A and D go towards zero; B rises, C turns to export, E is new, F rises in the next
+    # interval (which a slow dispatch may reach): they wait
     assert decreases(plan, before) == {"A", "D"}
     assert decreases(plan, later) == {"A", "D"}
+    ends_early = replace(before, power_kw=before.power_kw.iloc[:2])  # covers T0+STEP only
+    assert decreases(plan, ends_early) == {"A", "D", "F"}
     assert decreases(plan, None) == set(now)
     stale = replace(before, power_kw=before.power_kw.iloc[:1])
     assert decreases(plan, stale) == set()  # the previous plan ended: nothing is known
