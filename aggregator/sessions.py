@@ -41,8 +41,10 @@ def session_from_needs(session_id: str, evse: Evse, arrival: datetime, needs: Ev
     if evse.can_discharge and needs.max_discharge_kw:
         discharge = min(needs.max_discharge_kw, evse.max_export_kw)
     floor = d.min_soc_v2g
-    if needs.min_energy_kwh is not None:
-        floor = max(floor, min(1.0, needs.min_energy_kwh / capacity))
+    if needs.min_v2x_energy_kwh is not None:  # relative to the present SoC
+        floor = max(floor, min(1.0, soc + needs.min_v2x_energy_kwh / capacity))
+    max_soc = None if needs.max_energy_kwh is None else \
+        min(1.0, max(0.0, soc + needs.max_energy_kwh / capacity))
     wish: dict[str, float] = {}
     if needs.target_soc is not None:
         wish["target_soc"] = needs.target_soc
@@ -57,7 +59,7 @@ def session_from_needs(session_id: str, evse: Evse, arrival: datetime, needs: Ev
         battery_capacity_kwh=capacity, soc_initial=soc,
         max_charge_kw=evse.max_import_kw if ev_max_kw is None
         else min(ev_max_kw, evse.max_import_kw),
-        max_discharge_kw=discharge, min_soc_v2g=floor,
+        max_discharge_kw=discharge, min_soc_v2g=floor, max_soc=max_soc,
         charge_efficiency=d.charge_efficiency, discharge_efficiency=d.discharge_efficiency,
         **wish)
 

@@ -110,7 +110,11 @@ class EvNeeds:
     target_soc: float | None = None  # 2.1 V2X: targetSoC, 0..1
     max_charge_kw: float | None = None  # DC evMaxPower or 2.1 V2X maxChargePower
     max_discharge_kw: float | None = None  # 2.1 V2X maxDischargePower
-    min_energy_kwh: float | None = None  # 2.1 V2X evMinV2XEnergyRequest: keep at least
+    # 2.1 V2X energy requests are relative to the present SoC (ISO 15118-20), signed:
+    min_v2x_energy_kwh: float | None = None  # evMinV2XEnergyRequest: to the V2X range's
+    # bottom (negative: the battery is above it)
+    max_energy_kwh: float | None = None  # evMaxEnergyRequest (else evMaxV2XEnergyRequest):
+    # to the most the EV takes
     max_current_a: float | None = None  # AC evMaxCurrent, per phase (cable included)
 
 
@@ -128,6 +132,17 @@ def ev_needs(charging_needs: dict[str, Any], received_at: datetime) -> EvNeeds:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
                 math.isfinite(value) and value >= 0):
             raise FormatViolationError(details={"cause": f"{path}.{key}: bad value {value!r}"})
+        return float(value) * scale
+
+    def signed(section: dict[str, Any], key: str, scale: float) -> float | None:
+        """An energy request relative to the present SoC: negative is an answer too."""
+        value = section.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not math.isfinite(value):
+            raise FormatViolationError(details={
+                "cause": f"v2x_charging_parameters.{key}: bad value {value!r}"})
         return float(value) * scale
 
     ac = charging_needs.get("ac_charging_parameters") or {}
@@ -152,8 +167,9 @@ def ev_needs(charging_needs: dict[str, Any], received_at: datetime) -> EvNeeds:
         max_charge_kw=_first(number(v2x, "max_charge_power", 1e-3, "v2x_charging_parameters"),
                              number(dc, "ev_max_power", 1e-3, "dc_charging_parameters")),
         max_discharge_kw=number(v2x, "max_discharge_power", 1e-3, "v2x_charging_parameters"),
-        min_energy_kwh=number(v2x, "ev_min_v2x_energy_request", 1e-3,
-                              "v2x_charging_parameters"),
+        min_v2x_energy_kwh=signed(v2x, "ev_min_v2x_energy_request", 1e-3),
+        max_energy_kwh=_first(signed(v2x, "ev_max_energy_request", 1e-3),
+                              signed(v2x, "ev_max_v2x_energy_request", 1e-3)),
         max_current_a=number(ac, "ev_max_current", 1.0, "ac_charging_parameters"))
 
 

@@ -174,9 +174,11 @@ def charging_needs(ev: SimEv, evse: SimEvse, version: Version) -> dict[str, Any]
             "max_charge_power": ev.max_charge_kw * 1000.0,
             "max_discharge_power": ev.max_discharge_kw * 1000.0,
             "ev_target_energy_request": round(ev.requested_kwh * 1000.0, 1),
-            # gridflex reads this as the energy to keep in the battery (the V2G floor)
+            # ISO 15118-20: relative to the present SoC; negative when above the V2X range's
+            # bottom.  This EV stops at its request: that is also the most it takes.
             "ev_min_v2x_energy_request": round(
-                ev.min_soc * ev.battery_capacity_kwh * 1000.0, 1),
+                (ev.min_soc - ev.soc) * ev.battery_capacity_kwh * 1000.0, 1),
+            "ev_max_energy_request": round(ev.requested_kwh * 1000.0, 1),
             "target_soc": round(target_soc * 100.0)})
     else:
         needs.update(

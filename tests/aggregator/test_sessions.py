@@ -46,14 +46,28 @@ def test_v2x_needs_on_a_v2g_evse() -> None:
                                                  "state_of_charge": 40, "ev_max_power": 50000},
                       "v2x_charging_parameters": {"max_charge_power": 22000,
                                                   "max_discharge_power": 15000,
-                                                  "ev_min_v2x_energy_request": 38500,
+                                                  "ev_min_v2x_energy_request": 7700,
+                                                  "ev_max_energy_request": 38500,
                                                   "target_soc": 80}}, T0)
     assert (needs.capacity_kwh, needs.soc, needs.target_soc) == (77.0, 0.4, 0.8)
+    # ISO 15118-20 energy requests are relative to the present SoC (30.8 of 77 kWh)
+    assert (needs.min_v2x_energy_kwh, needs.max_energy_kwh) == (7.7, 38.5)
     session = session_from_needs("s-2", V2G, T0, needs, SessionDefaults(dwell=timedelta(hours=5)))
     assert session.target_soc == 0.8
     assert session.max_charge_kw == 11.0  # the EVSE's rating, not the car's 22 kW
     assert session.max_discharge_kw == 10.0  # likewise for discharge
-    assert session.min_soc_v2g == pytest.approx(0.5)  # keep 38.5 of 77 kWh
+    assert session.min_soc_v2g == pytest.approx(0.5)  # 30.8 + 7.7 = 38.5 of 77 kWh kept
+    assert session.max_soc == pytest.approx(0.9)  # 30.8 + 38.5 = 69.3 of 77 kWh at most
+    above = ev_needs({"dc_charging_parameters": {"ev_energy_capacity": 77000,
+                                                 "state_of_charge": 60},
+                      "v2x_charging_parameters": {"max_discharge_power": 15000,
+                                                  "ev_min_v2x_energy_request": -15400,
+                                                  "ev_max_v2x_energy_request": -1000,
+                                                  "target_soc": 60}}, T0)
+    assert (above.min_v2x_energy_kwh, above.max_energy_kwh) == (-15.4, -1.0)  # not refused
+    held = session_from_needs("s-5", V2G, T0, above, SessionDefaults(min_soc_v2g=0.1))
+    assert held.min_soc_v2g == pytest.approx(0.4)  # 46.2 - 15.4 = 30.8 of 77 kWh
+    assert held.energy_ceiling_kwh == pytest.approx(46.2)  # never below what is there
     assert session.departure == T0 + timedelta(hours=5)
     plain = session_from_needs("s-3", AC, T0, needs)
     assert plain.max_discharge_kw == 0.0  # no V2G without a V2G EVSE on OCPP 2.1
@@ -64,6 +78,8 @@ def test_bad_needs_are_refused_by_field() -> None:
         ev_needs({"dc_charging_parameters": {"state_of_charge": 140}}, T0)
     with pytest.raises(FormatViolationError, match="max_discharge_power: bad value"):
         ev_needs({"v2x_charging_parameters": {"max_discharge_power": -5}}, T0)
+    with pytest.raises(FormatViolationError, match="ev_max_energy_request: bad value"):
+        ev_needs({"v2x_charging_parameters": {"ev_max_energy_request": "lots"}}, T0)
     with pytest.raises(FormatViolationError, match="departure_time"):
         ev_needs({"departure_time": "soon"}, T0)
 

@@ -176,7 +176,8 @@ def test_v2g_ev_discharges_under_a_central_setpoint_and_only_export_rises() -> N
     needs = seen["needs"]
     assert (needs.max_discharge_kw, needs.max_charge_kw, needs.energy_kwh) == (10.0, 11.0, 6.0)
     assert needs.target_soc == pytest.approx(0.7)  # 60 % + 6 kWh of 60 kWh
-    assert needs.min_energy_kwh == 18.0  # 30 % of 60 kWh kept
+    assert needs.min_v2x_energy_kwh == -18.0  # at 60 %: 18 kWh above the 30 % floor
+    assert needs.max_energy_kwh == 6.0  # this EV takes what it asks, no more
     assert seen["delivery"].follows, seen["delivery"].detail
     first = seen["composite"]["schedule"]["charging_schedule_period"][0]
     assert first["operation_mode"] == "CentralSetpoint" and first["setpoint"] == -10.0  # A
