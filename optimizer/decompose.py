@@ -139,7 +139,9 @@ class _Block:
         has_d = self.model.d_col >= 0
         self.model.col_cost[self.model.d_col[has_d]] += fix[has_d]
         self.base_cost = self.model.col_cost.copy()
-        self.h = new_highs({"threads": 1})
+        # presolve only pays for the first (cold) solve, and there it cost more than it
+        # saved (measured ~35 % of the share round); later solves start from the basis
+        self.h = new_highs({"threads": 1, "presolve": "off"})
         pass_lp(self.h, self.model)
         self.kept: list[tuple[FloatArray, FloatArray]] = []
         self.sub = sub

@@ -149,6 +149,29 @@ def test_build_shapes_match_the_slots() -> None:
     assert model.slots.size == 8 + 6
     assert model.matrix.shape == (model.n_rows, model.n_cols)
     assert (model.d_col >= 0).sum() == 6  # only the V2G session's slots can discharge
+    assert (model.e_col >= 0).sum() == 6  # and only they carry a battery column
+
+
+def test_charge_only_session_stops_at_its_capacity_without_battery_columns() -> None:
+    """Paid to charge (negative prices), a charge-only EV fills to its 12 kWh capacity in
+    the two best hours (7 kWh at -0.3, 5 kWh at -0.2): the capacity row binds at departure
+    and the energy read back is the running sum of the charge."""
+    fields = one_session([-0.1, -0.2, -0.1, -0.3], session_capacity_kwh=np.array([12.0]))
+    p = FlexProblem(**fields)  # type: ignore[arg-type]
+    model = build_lp(p)
+    assert (model.e_col == -1).all()
+    assert model.n_rows == 2  # the departure target and the capacity
+    solution = solve_lp(p)
+    check_invariants(p, solution)
+    np.testing.assert_allclose(solution.power_kw[0], [0.0, 5.0, 0.0, 7.0], atol=1e-7)
+    np.testing.assert_allclose(solution.energy_kwh[0], [0.0, 5.0, 5.0, 12.0], atol=1e-7)
+    assert solution.objective == pytest.approx(-3.1, abs=1e-4)
+
+
+def test_capacity_row_only_where_the_charge_bounds_could_break_it() -> None:
+    """4 h at 7 kW from empty reach 28 kWh: a 50 kWh battery needs no capacity row."""
+    model = build_lp(FlexProblem(**one_session([0.1, 0.2, 0.3, 0.4])))  # type: ignore[arg-type]
+    assert model.n_rows == 1
 
 
 def test_results_are_deterministic() -> None:
