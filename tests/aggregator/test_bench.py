@@ -87,6 +87,10 @@ def test_bench_ledger_prints_one_line_per_backend(tmp_path: Path,
         "sqlite", expected, 6)  # three EVSEs, two sessions each
     assert first["ingest_samples_per_s"] > 0 and first["settle_s"] >= 0
     assert "settle_month_1000_evse_s" not in first  # only at the full size
+    # the same-run baseline: the raw-window query on the first day, against the buckets
+    assert first["settle_raw_s"] > 0 and first["settle_day_s"] >= 0
+    assert first["raw_over_buckets_first_day"] > 0
+    assert first["first_day_matches_raw"] is True and "raw-window" in first["baseline"]
     bench_ledger({"sqlite": url}, n_evses=3, days=1, batch=100)  # the same readings again
     again = json.loads(capsys.readouterr().out)
     assert again["samples"] == 0 and again["settled_kwh"] == first["settled_kwh"]
