@@ -50,6 +50,7 @@ log = logging.getLogger("gridflex.ocpp")
 compat.install()  # ocpp 2.1.0 mangles 2.1 per-phase keys on send
 
 SUBPROTOCOLS = ("ocpp2.1", "ocpp2.0.1", "ocpp1.6")  # preference order
+DRAIN_BATCH_SAMPLES = 5000  # the most the meter sink is handed at once
 SecurityProfile = Literal[1, 2, 3]
 
 
@@ -313,9 +314,15 @@ class Csms:
             self._queue.put_nowait(fresh)
 
     async def _drain(self) -> None:
+        """Hand queued samples to the sink in order; what queued up while the sink was busy
+        goes as one batch (a busy ledger gets fewer, larger writes), retried until taken."""
         backoff_s = 0.05
         while True:
-            batch = await self._queue.get()
+            batch = list(await self._queue.get())
+            taken = 1
+            while not self._queue.empty() and len(batch) < DRAIN_BATCH_SAMPLES:
+                batch.extend(self._queue.get_nowait())
+                taken += 1
             while True:
                 try:
                     await self.sink.put(batch)
@@ -325,7 +332,8 @@ class Csms:
                     log.warning("meter sink failed (%s); retrying in %.2f s", err, backoff_s)
                     await asyncio.sleep(backoff_s)
                     backoff_s = min(backoff_s * 2, 5.0)
-            self._queue.task_done()
+            for _ in range(taken):
+                self._queue.task_done()
 
     def start_transaction(self, station_id: str, evse_number: int,
                           transaction_id: str | None = None) -> str:

@@ -205,6 +205,35 @@ def test_a_failing_sink_delays_samples_but_loses_none() -> None:
     assert sink.failures == 0
 
 
+def test_samples_queued_behind_a_busy_sink_go_as_one_batch_in_order() -> None:
+    class GatedSink(MemorySink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = asyncio.Event()
+            self.batches: list[int] = []
+
+        async def put(self, samples: Sequence[MeterSample]) -> None:
+            await self.gate.wait()
+            self.batches.append(len(samples))
+            await super().put(samples)
+
+    sink = GatedSink()
+
+    async def body(csms: Csms, url: str) -> None:
+        async with station(url, "CS201", "ocpp2.0.1", password="pw-201") as cp:
+            await boot(cp, "ocpp2.0.1")
+            for minute in range(5):  # the first waits at the sink, four queue behind it
+                await cp.call(c201.MeterValues(evse_id=1, meter_value=[
+                    {"timestamp": f"2026-11-20T16:0{minute}:00Z",
+                     "sampled_value": [{"value": 1000 + minute}]}]))
+            sink.gate.set()
+            await until(lambda: len(sink.samples) == 5)
+
+    run(body, sink=sink)
+    assert sink.batches == [1, 4]
+    assert [s.value for s in sink.samples.values()] == [1000, 1001, 1002, 1003, 1004]
+
+
 def test_bad_meter_values_are_refused_by_field_and_the_rest_kept() -> None:
     async def body(csms: Csms, url: str) -> None:
         async with station(url, "CS16", "ocpp1.6", password="pw-16") as cp:
