@@ -49,6 +49,7 @@ def _settle(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from aggregator.export import settlement_table, write_table
     from aggregator.ledger import Ledger, settle_sessions
     from aggregator.model import parse_utc
+    from aggregator.session_journal import record_settlement
 
     if args.start is None or args.end is None:
         parser.error("--from and --to are required (or --event ID)")
@@ -86,12 +87,17 @@ def _settle(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         table = settlement_table(sessions)
     out = _out_file(args, f"settlement-{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}")
     write_table(table, out)
+    run_id = record_settlement(
+        ledger, "sessions", table, period=(start, end),
+        params={"max_gap_s": args.max_gap, "meter_keys": None if args.meter_keys is None
+                else str(args.meter_keys), "file": str(out)})
     seal = table["row_hash"].iloc[-1] if len(table) else "(no sessions)"
     print(json.dumps({"sessions": len(table), "imported_kwh": round(float(
         table["imported_kwh"].sum()), 3) if len(table) else 0.0, "exported_kwh": round(float(
         table["exported_kwh"].sum()), 3) if len(table) else 0.0,
         "flagged_sessions": int(((table["resets"] > 0) | (table["gaps"] > 0)).sum())
-        if len(table) else 0, **signed, "file": str(out), "last_row_hash": seal}))
+        if len(table) else 0, **signed, "file": str(out), "last_row_hash": seal,
+        "run_id": run_id}))
     return 0
 
 
@@ -103,6 +109,7 @@ def _settle_event(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     from aggregator.export import write_table
     from aggregator.ledger import Ledger
     from aggregator.service_config import ServiceConfigError, load_service_config
+    from aggregator.session_journal import record_settlement
 
     if args.config is None:
         parser.error("--event needs --config (its grid tree says which EVSEs are below "
@@ -113,8 +120,9 @@ def _settle_event(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         config = load_service_config(args.config)
     except ServiceConfigError as err:
         parser.error(f"--config: {err}")
+    ledger = Ledger(args.ledger)
     try:
-        settled = settle_event(Ledger(args.ledger), args.event, config, baseline=args.baseline,
+        settled = settle_event(ledger, args.event, config, baseline=args.baseline,
                                source=args.source, interval=timedelta(minutes=args.interval),
                                max_gap_s=args.max_gap, price_per_kwh=args.price)
     except SettlementError as err:
@@ -123,7 +131,15 @@ def _settle_event(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     table = event_table(settled)
     out = _out_file(args, "settlement-event-" + re.sub(r"[^A-Za-z0-9._-]", "_", args.event))
     write_table(table, out)
+    run_id = record_settlement(
+        ledger, "event", table, period=(settled.event.start, settled.event.end),
+        event=(settled.event.source, settled.event.event_id,
+               settled.event.modification_number),
+        params={"baseline": settled.baseline, "source": args.source,
+                "interval_min": args.interval, "max_gap_s": args.max_gap,
+                "price_per_kwh": args.price, "config": str(args.config), "file": str(out)})
     print(json.dumps({
+        "run_id": run_id,
         "event": settled.event.event_id, "modification": settled.event.modification_number,
         "earlier_modifications": [e.modification_number for e in settled.earlier],
         "baseline": settled.baseline, "nodes": list(settled.nodes),

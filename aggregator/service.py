@@ -26,6 +26,7 @@ from aggregator.ledger import Ledger
 from aggregator.model import MeterSample, Schedule
 from aggregator.plans import record_plan
 from aggregator.service_config import ServiceConfig
+from aggregator.session_journal import record_session_event
 from aggregator.sessions import SessionTracker
 
 
@@ -92,6 +93,7 @@ class Service:
         self._build_adapters()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._journaling: set[asyncio.Task[None]] = set()  # session events being journaled
         self.ocpp_port: int | None = None
         self.api_port: int | None = None
         self._api: Any = None
@@ -129,7 +131,30 @@ class Service:
 
     # -- what the parts ask of each other ------------------------------------------------
     def _station_event(self, event: StationEvent) -> None:
-        self.controller.on_station_event(event)
+        self.controller.on_station_event(event)  # control first: the journal never delays it
+        if event.kind not in ("started", "ended", "needs"):
+            return
+        evse = self.config.evses.get((event.station_id, event.evse_number))
+        evse_id, received_at = (None if evse is None else evse.evse_id), self.clock()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside the event loop: journal here
+            self._journal_session(event, evse_id, received_at)
+            return
+        task = loop.create_task(asyncio.to_thread(
+            self._journal_session, event, evse_id, received_at))
+        self._journaling.add(task)
+        task.add_done_callback(self._journaling.discard)
+
+    def _journal_session(self, event: StationEvent, evse_id: str | None,
+                         received_at: datetime) -> None:
+        """Journal a session event; a ledger outage is logged, never stops control."""
+        try:
+            record_session_event(self.ledger, event, evse_id, received_at)
+        except Exception:
+            log.exception("%s event of %s/%s transaction %s could not be journaled",
+                          event.kind, event.station_id, event.evse_number,
+                          event.transaction_id)
 
     async def _dispatch(self, schedule: Schedule) -> list[Delivery]:
         # the controller still holds the plan the stations follow: decreases go out first
@@ -195,6 +220,7 @@ class Service:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._journaling, return_exceptions=True)  # let them land
         await self.csms.stop()  # hands every queued sample to the ledger first
         if self._api is not None:
             await self._api.stop()

@@ -284,6 +284,11 @@ def test_gridflex_settle_event(tmp_path: Path, capsys: pytest.CaptureFixture[str
     back = read_table(out, EVENT_TEXT_COLUMNS)
     assert verify_table(back, EVENT_COLUMNS) is None
     assert summary["last_row_hash"] == back["row_hash"].iloc[-1]
+    from aggregator.session_journal import settlement_run
+    issued = settlement_run(Ledger(url), summary["run_id"])  # the ledger keeps what was issued
+    assert (issued.kind, issued.event_id, issued.modification_number) == ("event", "evening", 1)
+    assert issued.seal == summary["last_row_hash"]
+    assert verify_table(issued.table, EVENT_COLUMNS) is None
     assert main(["settle", "--ledger", url, "--event", "nothing", "--config",
                  str(config)]) == 2
     assert "nothing" in capsys.readouterr().err

@@ -59,6 +59,11 @@ def test_gridflex_settle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert summary["exported_kwh"] == 0.0  # one export reading has no delta yet
     assert verify_table(read_table(out)) is None
     assert summary["last_row_hash"] == read_table(out)["row_hash"].iloc[-1]
+    from aggregator.session_journal import settlement_run
+    issued = settlement_run(Ledger(url), summary["run_id"])  # the ledger keeps what was issued
+    assert (issued.kind, issued.row_count, issued.seal) == ("sessions", 2,
+                                                            summary["last_row_hash"])
+    assert verify_table(issued.table, issued.columns) is None
     with pytest.raises(SystemExit):
         main(["settle", "--ledger", url, "--from", "2026-11-20 16:00", "--to",
               "2026-11-20T18:00:00Z"])

@@ -160,7 +160,8 @@ def test_the_migrations_build_exactly_the_declared_schema(ledger: Ledger) -> Non
     from alembic.script import ScriptDirectory
 
     import aggregator.dr_events
-    import aggregator.plans  # noqa: F401
+    import aggregator.plans
+    import aggregator.session_journal  # noqa: F401
     from aggregator.ledger import metadata
 
     with ledger.engine.connect() as connection:

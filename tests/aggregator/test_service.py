@@ -158,6 +158,12 @@ def test_dso_event_to_profiles_and_the_operator_api(tmp_path: Path) -> None:
             await service.stop()
             await vtn.stop()
         assert len(journaled_plans(service.ledger)) == len(service.controller.plans)
+        from aggregator.session_journal import sessions as journaled_sessions
+        journaled = journaled_sessions(service.ledger, datetime(2000, 1, 1, tzinfo=UTC),
+                                       datetime(2100, 1, 1, tzinfo=UTC))
+        assert sorted(s.station_id for s in journaled) == ["cs-16", "cs-201", "cs-21"]
+        assert all(s.started_at is not None for s in journaled)
+        assert sum(s.needs is not None for s in journaled) >= 2  # 2.0.1 and 2.1 EVs said
 
     run(body)
 
