@@ -374,6 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     led.add_argument("--postgres", default=None, metavar="URL",
                      help="also measure PostgreSQL at this SQLAlchemy URL (use an empty "
                           "database: the bench writes its own tables)")
+    led.add_argument("--skip-sqlite", action="store_true",
+                     help="measure only the --postgres database")
     led.add_argument("--evses", type=int, default=1000)
     led.add_argument("--days", type=int, default=30)
     led.add_argument("--batch", type=int, default=5000)
@@ -487,8 +489,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from aggregator.bench import bench_ledger
         if args.evses < 1 or args.days < 1 or args.batch < 1:
             parser.error("--evses, --days and --batch must be >= 1")
-        sqlite_file = args.sqlite or str(Path(tempfile.mkdtemp()) / "bench-ledger.db")
-        urls = {"sqlite": f"sqlite:///{sqlite_file}"}
+        if args.skip_sqlite and not args.postgres:
+            parser.error("--skip-sqlite needs --postgres")
+        urls = {}
+        if not args.skip_sqlite:
+            sqlite_file = args.sqlite or str(Path(tempfile.mkdtemp()) / "bench-ledger.db")
+            urls["sqlite"] = f"sqlite:///{sqlite_file}"
         if args.postgres:
             urls["postgresql"] = args.postgres
         return bench_ledger(urls, n_evses=args.evses, days=args.days, batch=args.batch)

@@ -94,3 +94,19 @@ def test_bench_ledger_prints_one_line_per_backend(tmp_path: Path,
     bench_ledger({"sqlite": url}, n_evses=3, days=1, batch=100)  # the same readings again
     again = json.loads(capsys.readouterr().out)
     assert again["samples"] == 0 and again["settled_kwh"] == first["settled_kwh"]
+
+
+def test_gridflex_bench_ledger_on_postgresql_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.aggregator.conftest import postgres_ledger
+
+    for ledger in postgres_ledger():
+        url = ledger.engine.url.render_as_string(hide_password=False)
+        ledger.engine.dispose()
+        assert main(["bench", "ledger", "--skip-sqlite", "--postgres", url, "--evses", "2",
+                     "--days", "1", "--batch", "100"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    row = json.loads(line)
+    assert row["backend"] == "postgresql" and row["samples"] > 0
+    assert row["first_day_matches_raw"] is True
+    with pytest.raises(SystemExit):
+        main(["bench", "ledger", "--skip-sqlite"])
