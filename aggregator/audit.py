@@ -6,7 +6,7 @@ problem translation cannot hide a violated DSO limit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import numpy as np
@@ -77,6 +77,66 @@ def cap_violations(scenario: Scenario, schedule: Schedule) -> list[Violation]:
                                        constraint.export_max_kw, constraint.source,
                                        constraint.source_ref))
     return found
+
+
+def firm_caps(scenario: Scenario, schedule: Schedule) -> tuple[Schedule, int]:
+    """The plan trimmed so that every cap holds even when an EV does not do its part.
+
+    A profile is a limit for a charging EV (it may take less, or stop once full) and a
+    setpoint for a discharging one (which may stop too, at its floor), so a plan whose
+    charging at one EVSE offsets discharging at another breaks a node's cap as soon as
+    either stops.  Per capped node and interval: EV charging below it plus its base load
+    stays within the import cap, EV discharging below it minus its base load within the
+    export cap; charge (or discharge) below the node is scaled down where it does not.
+    Scaling down only lowers every other sum, so one pass over the constraints holds them
+    all.  Returns the trimmed plan and how many (node, interval, direction) were trimmed.
+    """
+    power = schedule.power_kw.to_numpy(dtype=float, copy=True)
+    column = {evse_id: k for k, evse_id in enumerate(schedule.power_kw.columns)}
+    index = schedule.intervals
+    step = scenario.interval
+    evse_ids = {evse.evse_id for evse in scenario.tree.evses}
+    trimmed = 0
+    for constraint in scenario.constraints:
+        node = constraint.node_id
+        if node in evse_ids:
+            below = [column[node]] if node in column else []
+            base = np.zeros(len(index))
+        else:
+            below = [column[e.evse_id] for e in scenario.tree.evses
+                     if node in scenario.tree.ancestors(e.node_id) and e.evse_id in column]
+            base = node_base_load_kw(scenario, node, index).to_numpy()
+        if not below:
+            continue
+        touched = np.array([constraint.touches(start, start + step) for start in index])
+        part = power[:, below]
+        for limit_kw, sign, room in ((constraint.import_max_kw, 1.0, -base),
+                                     (constraint.export_max_kw, -1.0, base)):
+            if limit_kw is None:
+                continue
+            flow = np.clip(sign * part, 0.0, None)  # charging (sign 1) or discharging
+            total = flow.sum(axis=1)
+            allowed = np.maximum(limit_kw + room, 0.0)
+            over = touched & (total > allowed + TOLERANCE_KW)
+            if not over.any():
+                continue
+            factor = np.where(over, allowed / np.where(total > 0, total, 1.0), 1.0)
+            part = np.where(sign * part > 0, part * factor[:, None], part)
+            trimmed += int(over.sum())
+        power[:, below] = part
+    if not trimmed:
+        return schedule, 0
+    new_power = pd.DataFrame(power, index=schedule.power_kw.index,
+                             columns=schedule.power_kw.columns)
+    sessions = schedule.session_power_kw.copy()
+    old = schedule.power_kw
+    for session in scenario.sessions:
+        if session.session_id in sessions.columns and session.evse_id in column:
+            before = old[session.evse_id].to_numpy()
+            ratio = np.divide(new_power[session.evse_id].to_numpy(), before,
+                              out=np.ones(len(before)), where=before != 0)
+            sessions[session.session_id] = sessions[session.session_id] * ratio
+    return replace(schedule, power_kw=new_power, session_power_kw=sessions), trimmed
 
 
 def evse_limit_violations(scenario: Scenario, schedule: Schedule) -> list[str]:

@@ -4,7 +4,9 @@ Triggers (a constraint book change, a session starting or ending, an EV's needs,
 reading far from the plan, a station not following its profile, the periodic tick) are
 debounced into one re-plan.  Each re-plan looks ahead a fixed horizon from the current
 interval (receding horizon) with the batteries as measured, solves off the event loop,
-checks the result against every cap in force, and hands it to the dispatcher (the CPMS
+trims it so that no cap rests on one EV's charging offsetting another's discharging
+(``audit.firm_caps``: either may stop), checks the result against every cap in force,
+and hands it to the dispatcher (the CPMS
 connector).  A plan that fails or breaks a cap is replaced by a zero-power plan, the one
 plan that can never exceed an import limit.  Every decision goes to the plan journal.
 """
@@ -24,7 +26,7 @@ import pandas as pd
 from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
 
 from adapters.ocpp.csms import StationEvent
-from aggregator.audit import cap_violations
+from aggregator.audit import cap_violations, firm_caps
 from aggregator.clock import Clock, floor_to
 from aggregator.constraints import BookChange, ChangeKind, ConstraintBook
 from aggregator.horizon import roll_forward
@@ -266,6 +268,11 @@ class Controller:
         if status not in USABLE:
             fallback = f"solver: {status}"
         else:
+            # no cap may rest on one EV's charging offsetting another's discharging
+            schedule, trimmed = firm_caps(scenario, schedule)
+            if trimmed:
+                log.info("plan trimmed in %d (node, interval) places so that its caps hold "
+                         "whatever the EVs take", trimmed)
             broken = cap_violations(scenario, schedule)
             if broken:
                 fallback = f"{len(broken)} cap violations in the plan: {broken[:3]}"

@@ -22,6 +22,7 @@ from aggregator.audit import (
     Violation,
     cap_violations,
     evse_limit_violations,
+    firm_caps,
     node_base_load_kw,
 )
 from aggregator.model import (
@@ -173,6 +174,42 @@ def test_export_cap_on_a_node_counts_discharge_as_export() -> None:
     assert [(v.interval_start, v.direction) for v in found] == [(at(12), "export")]
     assert found[0].flow_kw == pytest.approx(9.0)
     assert found[0].limit_kw == 8.0
+
+
+# --- firm_caps ------------------------------------------------------------------------------
+
+def test_no_cap_rests_on_one_evs_charging_offsetting_anothers_discharging() -> None:
+    export = limit("site-a", T0, at(13), "evt-export", export_max_kw=15.0)
+    imports = limit("site-a", at(13), at(14), "evt-import", import_max_kw=10.0)
+    scenario = small((export, imports))
+    # 12:00-13:00: A-02 discharges 20 while A-01 charges 5 (net export 15, at the cap: if
+    # A-01's car stops, 20 kW leave the site); 13:00-14:00: A-01 charges 12 while A-02
+    # gives back 2 (net import 10: if A-02 stops, 12 kW come in)
+    plan = flat_schedule([5.0] * 4 + [12.0] * 4, [-20.0] * 4 + [-2.0] * 4)
+    assert cap_violations(scenario, plan) == []  # on the net flow it looks fine
+    firm, trimmed = firm_caps(scenario, plan)
+    assert trimmed == 8
+    np.testing.assert_allclose(firm.power_kw["A-02"], [-15.0] * 4 + [-2.0] * 4)
+    np.testing.assert_allclose(firm.power_kw["A-01"], [5.0] * 4 + [10.0] * 4)
+    assert cap_violations(scenario, firm) == []
+    assert firm_caps(scenario, firm) == (firm, 0)  # already firm: left as it is
+
+
+def test_firm_caps_count_base_load_and_share_the_cut_in_proportion() -> None:
+    feeder = limit("feeder", T0, at(14), "evt-feeder", import_max_kw=20.0)
+    pv = limit("site-a", T0, at(14), "evt-export", export_max_kw=1.0)
+    loads = (NodeLoad("site-a", T0, at(14), 14.0),)
+    plan = flat_schedule([6.0] * 8, [-3.0] * 8)
+    firm, _ = firm_caps(small((feeder, pv), loads), plan)
+    np.testing.assert_allclose(firm.power_kw["A-01"], [6.0] * 8)  # 14 + 6 = 20: at the cap
+    np.testing.assert_allclose(firm.power_kw["A-02"], [-3.0] * 8)  # 3 - 14 < 1 kW export
+    sunny = (NodeLoad("site-a", T0, at(14), -4.0),)  # PV: 4 kW already leave the site
+    firm, _ = firm_caps(small((feeder, pv), sunny), plan)
+    np.testing.assert_allclose(firm.power_kw["A-02"], [0.0] * 8)  # no room left to give back
+    two = flat_schedule([8.0] * 8, [4.0] * 8)
+    firm, _ = firm_caps(small((limit("site-a", T0, at(14), "cap", import_max_kw=6.0),)), two)
+    np.testing.assert_allclose(firm.power_kw["A-01"], [4.0] * 8)  # both cut by half
+    np.testing.assert_allclose(firm.power_kw["A-02"], [2.0] * 8)
 
 
 # --- evse_limit_violations ----------------------------------------------------------------------
