@@ -97,15 +97,18 @@ def firm_caps(scenario: Scenario, schedule: Schedule) -> tuple[Schedule, int]:
     step = scenario.interval
     evse_ids = {evse.evse_id for evse in scenario.tree.evses}
     trimmed = 0
+    nodes: dict[str, tuple[list[int], np.ndarray]] = {}  # node -> EVSE columns, base kW
     for constraint in scenario.constraints:
         node = constraint.node_id
-        if node in evse_ids:
-            below = [column[node]] if node in column else []
-            base = np.zeros(len(index))
-        else:
-            below = [column[e.evse_id] for e in scenario.tree.evses
-                     if node in scenario.tree.ancestors(e.node_id) and e.evse_id in column]
-            base = node_base_load_kw(scenario, node, index).to_numpy()
+        if node not in nodes:
+            if node in evse_ids:
+                nodes[node] = ([column[node]] if node in column else [], np.zeros(len(index)))
+            else:
+                nodes[node] = ([column[e.evse_id] for e in scenario.tree.evses
+                                if node in scenario.tree.ancestors(e.node_id)
+                                and e.evse_id in column],
+                               node_base_load_kw(scenario, node, index).to_numpy())
+        below, base = nodes[node]
         if not below:
             continue
         touched = np.array([constraint.touches(start, start + step) for start in index])
