@@ -151,6 +151,16 @@ def _settle_event(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     return 0
 
 
+def _counts(text: str) -> list[int] | None:
+    """A benchmark's comma-separated sizes (``--sessions 100,1000``), each at least 1;
+    None when that is not what ``text`` holds."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        return None
+    return counts if counts and min(counts) >= 1 else None
+
+
 def _out_file(args: argparse.Namespace, stem: str) -> Path:
     """--out, or ``stem.FORMAT``; a Parquet file always ends in .parquet."""
     out: Path = args.out or Path(f"{stem}.{args.format}")
@@ -473,13 +483,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args.config, args.log_level)
     if args.command == "bench" and args.bench == "optimizer":
         from aggregator.bench import bench_optimizer
-        try:
-            sizes = [int(v) for v in args.sessions.split(",") if v.strip()]
-        except ValueError:
-            parser.error("--sessions takes comma-separated integers")
+        sizes = _counts(args.sessions)
         paths = [v.strip() for v in args.paths.split(",") if v.strip()]
         unknown = set(paths) - {"direct", "monolithic", "pyomo", "milp"}
-        if unknown or not sizes or min(sizes) < 1:
+        if unknown or sizes is None:
             parser.error(f"bad --paths {sorted(unknown)} or --sessions")
         return bench_optimizer(sizes, paths, pyomo_limit_s=args.pyomo_limit, seed=args.seed,
                                json_only=args.json)
@@ -501,9 +508,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench" and args.bench == "e2e":
         from aggregator.bench_e2e import bench_e2e
 
-        try:
-            sizes = [int(x) for x in args.stations.split(",") if x.strip()]
-        except ValueError:
+        sizes = _counts(args.stations)
+        if sizes is None:
             print(f"error: --stations: comma-separated integers, got {args.stations!r}",
                   file=sys.stderr)
             return 2
@@ -519,8 +525,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                               integrity_period_s=args.integrity_period, seed=args.seed)
     if args.command == "bench" and args.bench == "ocpp":
         from aggregator.bench_ocpp import bench_ocpp
+        sizes = _counts(args.stations)
+        if sizes is None:
+            parser.error(f"bench ocpp: --stations: comma-separated integers, got "
+                         f"{args.stations!r}")
         try:
-            sizes = [int(x) for x in args.stations.split(",") if x.strip()]
             return bench_ocpp(sizes, args.rounds, args.json,
                               meter_interval_s=args.meter_interval, quiet_s=args.quiet,
                               horizon_intervals=args.horizon, periods=args.periods,
@@ -530,8 +539,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"bench ocpp: {err}")
     if args.command == "bench" and args.bench == "ieee2030_5":
         from aggregator.bench_ieee2030_5 import bench_ieee2030_5
+        sites = _counts(args.sites)
+        if sites is None:
+            parser.error(f"bench ieee2030_5: --sites: comma-separated integers, got "
+                         f"{args.sites!r}")
         try:
-            sites = [int(x) for x in args.sites.split(",") if x.strip()]
             return bench_ieee2030_5(sites, args.json, page_size=args.page_size,
                                     concurrency=args.concurrency,
                                     state_file=not args.no_state_file,
